@@ -1,0 +1,62 @@
+"""The ``megatron-bliss`` console entry point: parses arguments and calls the package.
+
+Each subcommand lives in the module that owns the feature and exposes two functions,
+``add_arguments(parser)`` and ``run(args) -> int``; this file only lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from megatron_bliss.config import ConfigError
+from megatron_bliss.utils.logging import setup_logging
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "preprocess": ("megatron_bliss.data.preprocess_cli", "corpus -> Megatron indexed .bin/.idx"),
+    "train-tokenizer": (
+        "megatron_bliss.data.tokenizer_training",
+        "train a BPE/sentencepiece tokenizer",
+    ),
+    "make-shards": ("megatron_bliss.data.shards", "split a corpus into K non-overlapping shards"),
+    "merge-datasets": ("megatron_bliss.data.merge", "merge indexed datasets into one"),
+    "pretrain": ("megatron_bliss.engine.cli", "one DeepSpeed training stage"),
+    "export-hf": ("megatron_bliss.engine.export", "DeepSpeed checkpoint -> Hugging Face directory"),
+    "select": ("megatron_bliss.selection.cli", "train a selector, score a shard, keep a fraction"),
+    "score": ("megatron_bliss.selection.scoring", "score every sequence of a shard"),
+    "pipeline": ("megatron_bliss.pipeline.cli", "multi-round select -> train -> evaluate"),
+    "eval": ("megatron_bliss.eval.cli", "lm-eval-harness on a Hugging Face model"),
+    "report": ("megatron_bliss.eval.report", "markdown report with plots for run directories"),
+    "demo": ("megatron_bliss.demo", "the end-to-end demo that `make demo` runs"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatron-bliss", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        # Import only the module of the command being run: torch/deepspeed imports are slow.
+        if name == wanted:
+            importlib.import_module(module_name).add_arguments(sub)
+            sub.set_defaults(module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        logging.getLogger("megatron_bliss").debug("error", exc_info=True)
+        print(f"megatron-bliss {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The sequence pool: a finished shard viewed as fixed-length sequences.
+
+This is the unit that selection scores and keeps, and that training draws from, so a
+``selection.npy`` means the same thing everywhere (CONTRACT.md, "Sequence pool"):
+sequence ``i`` holds tokens ``[i*L, (i+1)*L + 1)`` of the shard's documents concatenated in order
+(the extra token is the last label); a trailing partial sequence is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def _open_indexed(prefix: str):
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for suffix in (".bin", ".idx"):
+        if not os.path.exists(prefix + suffix):
+            raise FileNotFoundError(f"{prefix}{suffix}: indexed dataset file not found")
+    return IndexedDataset(prefix, mmap=True)
+
+
+class SequencePool:
+    """Random access to the fixed-length sequences of one indexed shard.
+
+    The shard is opened with megatron-core's ``IndexedDataset`` (which validates the index); the
+    tokens are then read through one flat memory map, since the builder writes documents back to
+    back in order and a sequence may span document boundaries.
+    """
+
+    def __init__(self, prefix: str | Path, seq_length: int):
+        if seq_length < 1:
+            raise ValueError(f"seq_length must be positive, got {seq_length}")
+        self.prefix = str(prefix)
+        self.seq_length = int(seq_length)
+        self.indexed = _open_indexed(self.prefix)
+        self.dtype = np.dtype(self.indexed.index.dtype)
+        self.document_lengths = np.asarray(self.indexed.sequence_lengths, dtype=np.int64)
+        self.num_tokens = int(self.document_lengths.sum())
+        self._check_contiguous()
+        self.tokens = (
+            np.memmap(self.prefix + ".bin", dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+            if self.num_tokens
+            else np.zeros(0, dtype=self.dtype)
+        )
+        self.num_sequences = max(0, (self.num_tokens - 1) // self.seq_length)
+
+    def _check_contiguous(self) -> None:
+        pointers = np.asarray(self.indexed.index.sequence_pointers, dtype=np.int64)
+        if len(pointers) == 0:
+            return
+        expected = (
+            np.concatenate([[0], np.cumsum(self.document_lengths[:-1])]) * self.dtype.itemsize
+        )
+        bin_size = os.path.getsize(self.prefix + ".bin")
+        if (
+            not np.array_equal(pointers, expected)
+            or bin_size != self.num_tokens * self.dtype.itemsize
+        ):
+            raise ValueError(f"{self.prefix}.bin: documents are not stored contiguously in order")
+
+    def __len__(self) -> int:
+        return self.num_sequences
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Sequence ``index`` as int64 tokens of length ``seq_length + 1``."""
+        if not 0 <= index < self.num_sequences:
+            raise IndexError(f"sequence {index} out of range for {self.num_sequences} sequences")
+        start = index * self.seq_length
+        return np.asarray(self.tokens[start : start + self.seq_length + 1], dtype=np.int64)
+
+    def batch(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Stack sequences into an int64 array of shape ``(len(indices), seq_length + 1)``."""
+        return (
+            np.stack([self[int(i)] for i in indices])
+            if len(indices)
+            else np.zeros((0, self.seq_length + 1), dtype=np.int64)
+        )
+
+    def max_token_id(self) -> int:
+        return int(self.tokens.max()) if self.num_tokens else -1

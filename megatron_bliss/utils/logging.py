@@ -1,0 +1,21 @@
+"""One logging set-up for every command: rank-aware, quiet on non-zero ranks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(
+        level=level if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    for noisy in ("DeepSpeed", "torch.distributed", "datasets", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
