@@ -1,0 +1,123 @@
+"""The target set: held-out text whose loss a selector tries to lower (LAMBADA, clean C4, ...).
+
+Three JSON-lines formats (CONTRACT.md, ``select --target-format``):
+
+- ``documents``: field ``text``; every token is scored (language-modelling loss).
+- ``last_word``: field ``text``; only the final whitespace-separated word is scored (LAMBADA).
+- ``prompt_continuation``: fields ``prompt`` and ``continuation``; only the continuation is scored.
+
+Each example becomes ``input_ids`` and ``labels`` (``-100`` where no loss is taken), truncated
+from the left to ``max_length + 1`` tokens so the scored tail always survives.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMATS = ("documents", "last_word", "prompt_continuation")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TargetExample:
+    input_ids: np.ndarray  # int64, length n
+    labels: np.ndarray  # int64, length n; IGNORE_INDEX where unscored
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+    if not rows:
+        raise ValueError(f"{path}: target set is empty")
+    return rows
+
+
+def _split(row: dict, fmt: str, where: str) -> tuple[str, str]:
+    """(context, scored text) of one row."""
+    if fmt == "prompt_continuation":
+        if "prompt" not in row or "continuation" not in row:
+            raise ValueError(f"{where}: expected fields 'prompt' and 'continuation'")
+        return str(row["prompt"]), str(row["continuation"])
+    if "text" not in row:
+        raise ValueError(f"{where}: missing field 'text'")
+    text = str(row["text"])
+    if fmt == "documents":
+        return "", text
+    context, _, word = text.rstrip().rpartition(" ")
+    if not context:
+        raise ValueError(f"{where}: no final word to score in {text[:40]!r}")
+    return context, " " + word
+
+
+def encode_example(tokenizer, context: str, scored: str, max_length: int) -> TargetExample:
+    context_ids = tokenizer.encode(context, add_special_tokens=False) if context else []
+    scored_ids = tokenizer.encode(scored, add_special_tokens=False)
+    ids = (context_ids + scored_ids)[-(max_length + 1) :]
+    labels = ([IGNORE_INDEX] * len(context_ids) + scored_ids)[-(max_length + 1) :]
+    return TargetExample(np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64))
+
+
+class TargetSet:
+    """Tokenised target examples with loss masks, batched as padded tensors."""
+
+    def __init__(self, examples: list[TargetExample], pad_id: int = 0, name: str = "target"):
+        if not examples:
+            raise ValueError(f"{name}: target set has no examples")
+        self.examples = examples
+        self.pad_id = pad_id
+        self.name = name
+
+    @classmethod
+    def from_jsonl(
+        cls,
+        path: str | Path,
+        tokenizer,
+        fmt: str = "documents",
+        max_length: int = 1024,
+        limit: int | None = None,
+    ) -> TargetSet:
+        if fmt not in FORMATS:
+            raise ValueError(f"target format '{fmt}' is not one of {', '.join(FORMATS)}")
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: target set not found")
+        rows = _read_rows(path)[:limit]
+        examples = []
+        for number, row in enumerate(rows, start=1):
+            context, scored = _split(row, fmt, f"{path}:{number}")
+            example = encode_example(tokenizer, context, scored, max_length)
+            if (example.labels[1:] != IGNORE_INDEX).any():
+                examples.append(example)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(examples, pad_id=pad, name=str(path))
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(input_ids, labels)``; labels are already aligned to inputs (HF style)."""
+        chosen = [self.examples[int(i)] for i in indices]
+        width = max(len(e.input_ids) for e in chosen)
+        input_ids = torch.full((len(chosen), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(chosen), width), IGNORE_INDEX, dtype=torch.long)
+        for row, example in enumerate(chosen):
+            input_ids[row, : len(example.input_ids)] = torch.from_numpy(example.input_ids)
+            labels[row, : len(example.labels)] = torch.from_numpy(example.labels)
+        return input_ids, labels
+
+    def sample(self, batch_size: int, generator: np.random.Generator):
+        return self.batch(
+            generator.choice(len(self), size=min(batch_size, len(self)), replace=False)
+        )

@@ -1,0 +1,53 @@
+"""The interface every selection method implements, so methods compare at equal compute.
+
+A selector is built from its own config dataclass and a ``SelectionContext`` (what any method may
+need: the candidate pool, the target set, the frozen target model, a tokenizer, a device, a run
+directory). ``fit`` trains whatever the method needs; ``score`` returns one float per pool sequence,
+higher = more useful. ``flops`` reports the compute spent, for equal-compute comparisons.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megatron_bliss.data.pool import SequencePool
+from megatron_bliss.data.target_set import TargetSet
+
+
+@dataclass
+class SelectionContext:
+    pool: SequencePool
+    run_dir: Path
+    target_set: TargetSet | None = None
+    target_model: torch.nn.Module | None = None  # frozen current checkpoint of the target LM
+    tokenizer: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    model_preset: str | None = None  # preset of the target (proxies follow its family)
+
+
+class Selector(ABC):
+    """Base class: subclasses define ``name`` and a ``Config`` dataclass."""
+
+    name: str = "base"
+
+    def __init__(self, config: Any, context: SelectionContext):
+        self.config = config
+        self.context = context
+        self.flops = 0.0  # model FLOPs spent in fit() and score(), for equal-compute accounting
+
+    def fit(self) -> None:  # noqa: B027 - methods without training (random) keep the default
+        """Train whatever the method needs (proxies, score models, statistics)."""
+
+    @abstractmethod
+    def score(self) -> np.ndarray:
+        """float32 scores, one per sequence of ``context.pool``; higher = more useful."""
+
+    def save(self, run_dir: Path) -> None:  # noqa: B027 - only learned scorers save anything
+        """Persist a learned scorer under ``run_dir`` (e.g. ``score_model/``)."""

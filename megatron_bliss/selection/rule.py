@@ -1,0 +1,82 @@
+"""The selection rule shared by every method (CONTRACT.md, "Selection rule").
+
+``k = floor(fraction * N)``; keep the k highest scores in a stable descending order (ties go to the
+lower index); with a Gumbel temperature ``T > 0``, add ``T * Gumbel`` noise drawn from ``seed``
+first (Gumbel-top-k: sampling without replacement proportional to ``exp(score / T)``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megatron_bliss.utils.io import atomic_save_npy, atomic_write_json
+
+
+def select_top_fraction(
+    scores: np.ndarray, fraction: float, seed: int = 0, gumbel_temperature: float = 0.0
+) -> np.ndarray:
+    """Sorted int64 indices of the kept sequences."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    k = math.floor(fraction * len(scores))
+    ranked = scores
+    if gumbel_temperature > 0:
+        noise = np.random.default_rng(seed).gumbel(size=len(scores))
+        ranked = scores + gumbel_temperature * noise
+    order = np.argsort(-ranked, kind="stable")
+    return np.sort(order[:k]).astype(np.int64)
+
+
+def score_statistics(scores: np.ndarray, selection: np.ndarray) -> dict[str, float]:
+    scores = np.asarray(scores, dtype=np.float64)
+    kept = scores[selection] if len(selection) else np.zeros(0)
+    stats = {
+        "score_mean": float(scores.mean()) if len(scores) else float("nan"),
+        "score_std": float(scores.std()) if len(scores) else float("nan"),
+        "score_min": float(scores.min()) if len(scores) else float("nan"),
+        "score_max": float(scores.max()) if len(scores) else float("nan"),
+    }
+    stats["threshold"] = float(kept.min()) if len(kept) else float("nan")
+    stats["selected_score_mean"] = float(kept.mean()) if len(kept) else float("nan")
+    return stats
+
+
+def write_selection(
+    out_dir: str | Path,
+    scores: np.ndarray,
+    *,
+    method: str,
+    fraction: float,
+    data_prefix: str,
+    seq_length: int,
+    seed: int = 0,
+    gumbel_temperature: float = 0.0,
+    extra: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Write ``scores.npy``, ``selection.npy`` and ``selection.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    scores = np.asarray(scores, dtype=np.float32)
+    selection = select_top_fraction(scores, fraction, seed, gumbel_temperature)
+    atomic_save_npy(out_dir / "scores.npy", scores)
+    atomic_save_npy(out_dir / "selection.npy", selection)
+    meta = {
+        "method": method,
+        "fraction": fraction,
+        "data_prefix": str(data_prefix),
+        "seq_length": int(seq_length),
+        "seed": int(seed),
+        "gumbel_temperature": float(gumbel_temperature),
+        "num_sequences": len(scores),
+        "num_selected": len(selection),
+        **score_statistics(scores, selection),
+        **(extra or {}),
+    }
+    atomic_write_json(out_dir / "selection.json", meta)
+    return selection
