@@ -1,0 +1,142 @@
+"""The implicit-differentiation hypergradient of BLISS, without per-sample score-model gradients.
+
+Bilevel problem (method-spec section 1.2): the proxy theta_p minimises
+``g = sum_i P_i CE_i + gamma * KL + reg * ||theta_p||^2`` with ``P = softmax(s)`` over the global
+batch of scores ``s`` from the score model theta_s; the score model minimises the proxy's target-set
+loss ``f``. By the implicit function theorem
+
+    dPhi/dtheta_s = -sum_i P_i (grad s_i - sum_j P_j grad s_j) (g_i . z),
+    z ~= (H + lamb I)^-1 grad f,  H = d^2 g / d theta_p^2,  g_i = grad CE_i (unweighted).
+
+Two identities make this cheap and exact:
+
+* **Per-sample dot products from one extra backward.** Write the lower loss with the weights as a
+  leaf tensor ``w`` (holding the detached ``P``). Then ``grad_theta g = sum_i w_i g_i + ...`` and
+  ``d/dw_i (grad_theta g . z) = g_i . z``: a single vector-Jacobian product through the graph that
+  ``create_graph=True`` already built for the Hessian-vector products gives every ``c_i = g_i . z``.
+* **Surrogate loss.** The gradient of ``-sum_i softmax(s)_i * c_i`` (``c`` detached) with respect to
+  theta_s equals the hypergradient above, so one ordinary backward through the score model suffices.
+
+Distributed use: every rank holds a slice of the global batch. ``LowerGraph`` reduces gradients
+and Hessian-vector products with a SUM over ranks (each rank's loss is its share of the global
+loss), so the solver sees the global operator; scores and ``c`` are all-gathered for the softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+Tensors = list[torch.Tensor]
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Tensors:
+    """Sum each tensor over ranks (in place on a flat copy; returns the reduced tensors)."""
+    tensors = list(tensors)
+    if world_size() == 1 or not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return [piece.view_as(t) for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def all_gather_cat(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor over ranks in rank order (no gradient flows through)."""
+    if world_size() == 1:
+        return local.detach()
+    pieces = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(pieces, local.detach().contiguous())
+    return torch.cat(pieces)
+
+
+def gather_with_local_grad(local: torch.Tensor) -> torch.Tensor:
+    """Global 1-D tensor whose own slice keeps ``local``'s autograd graph (others are constants)."""
+    gathered = all_gather_cat(local)
+    if world_size() == 1:
+        return local
+    start = rank() * local.numel()
+    return torch.cat([gathered[:start], local, gathered[start + local.numel() :]])
+
+
+def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def surrogate_loss(global_scores: torch.Tensor, global_dots: torch.Tensor) -> torch.Tensor:
+    """``-sum_i softmax(s)_i * c_i``; its gradient w.r.t. theta_s is the implicit hypergradient."""
+    weights = torch.softmax(global_scores, dim=0)
+    return -(weights * global_dots.detach()).sum()
+
+
+def explicit_hypergradient(
+    score_grads: torch.Tensor, weights: torch.Tensor, dots: torch.Tensor
+) -> torch.Tensor:
+    """Reference formula ``-sum_i P_i (grad s_i - sum_j P_j grad s_j) c_i`` (rows of score_grads)."""
+    mean_grad = (weights[:, None] * score_grads).sum(0)
+    return -((weights * dots)[:, None] * (score_grads - mean_grad)).sum(0)
+
+
+class LowerGraph:
+    """``grad_theta g`` with its graph kept, for Hessian-vector products and per-sample dots.
+
+    ``per_sample_ce``: the unweighted per-sequence losses CE_i of this rank's slice (graph to the
+    proxy); ``weights``: their softmax weights (detached, this rank's slice); ``extra_loss``: this
+    rank's share of the terms that do not depend on the weights (KL, L2). The weighted loss is
+    rebuilt here with the weights as a leaf so that ``sample_dots`` can differentiate w.r.t. them.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        per_sample_ce: torch.Tensor,
+        weights: torch.Tensor,
+        extra_loss: torch.Tensor | None = None,
+    ):
+        self.params = list(params)
+        self.weights = weights.detach().clone().requires_grad_(True)
+        loss = (self.weights * per_sample_ce).sum()
+        if extra_loss is not None:
+            loss = loss + extra_loss
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        self.grads = [
+            g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)
+        ]
+        self.num_hvps = 0
+
+    def gradient(self) -> Tensors:
+        """The global gradient of g (detached), summed over ranks."""
+        return all_reduce_sum([g.detach().clone() for g in self.grads])
+
+    def hvp(self, vector: Sequence[torch.Tensor]) -> Tensors:
+        """Global ``H v`` by double backward (no Hessian is formed)."""
+        self.num_hvps += 1
+        products = torch.autograd.grad(
+            self.grads, self.params, grad_outputs=list(vector), retain_graph=True, allow_unused=True
+        )
+        products = [
+            h if h is not None else torch.zeros_like(p) for h, p in zip(products, self.params)
+        ]
+        return all_reduce_sum(products)
+
+    def sample_dots(self, z: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``c_i = g_i . z`` for this rank's samples, from one vector-Jacobian product."""
+        (dots,) = torch.autograd.grad(self.grads, [self.weights], grad_outputs=list(z))
+        return dots.detach()
+
+
+def flat_gradient_of(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor]):
+    """Gradient of a scalar loss summed over ranks (each rank returns its share of the loss)."""
+    grads = torch.autograd.grad(loss_fn(), list(params), allow_unused=True)
+    return all_reduce_sum(
+        [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+    )
