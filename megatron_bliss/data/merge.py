@@ -1,0 +1,92 @@
+"""Merge finished indexed datasets into one (``megatron-bliss merge-datasets``).
+
+Uses ``IndexedDatasetBuilder.add_index`` (the compact subclass), so the merged files are exactly
+the concatenation a single run over the same documents would have written. Manifests beside the
+inputs, when present, are combined into the merged one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from megatron_bliss.data.indexed import CompactIndexedDatasetBuilder, commit_outputs, remove_outputs
+from megatron_bliss.utils.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def _dtype_of(prefix: str) -> np.dtype:
+    from megatron.core.datasets.indexed_dataset import _IndexReader
+
+    for suffix in (".bin", ".idx"):
+        if not os.path.exists(prefix + suffix):
+            raise FileNotFoundError(f"{prefix}{suffix}: indexed dataset file not found")
+    return np.dtype(_IndexReader(prefix + ".idx", multimodal=False).dtype)
+
+
+def combine_manifests(prefixes: list[str]) -> dict | None:
+    """Counts summed and inputs concatenated; None unless every input has a manifest."""
+    manifests = []
+    for prefix in prefixes:
+        path = Path(prefix + ".json")
+        if not path.exists():
+            return None
+        manifests.append(json.loads(path.read_text()))
+    merged = dict(manifests[0])
+    merged["inputs"] = [entry for m in manifests for entry in m.get("inputs", [])]
+    for count in ("documents", "tokens", "empty_documents", "bad_lines"):
+        merged[count] = sum(int(m.get(count) or 0) for m in manifests)
+    merged["merged_from"] = [os.path.basename(p) for p in prefixes]
+    return merged
+
+
+def merge_datasets(prefixes: list[str], output_prefix: str, manifest: dict | None = None) -> str:
+    """Concatenate ``prefixes`` in order into ``output_prefix`` (written under a temp name)."""
+    if not prefixes:
+        raise ValueError("merge: no input datasets")
+    dtypes = {prefix: _dtype_of(prefix) for prefix in prefixes}
+    dtype = dtypes[prefixes[0]]
+    Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
+    temporary = f"{output_prefix}.tmp{os.getpid()}"
+    builder = CompactIndexedDatasetBuilder(temporary + ".bin", dtype=dtype)
+    try:
+        for prefix in prefixes:
+            builder.add_index(prefix)
+        builder.finalize(temporary + ".idx")
+        commit_outputs(temporary, output_prefix)
+    except BaseException:
+        if not builder.data_file.closed:
+            builder.data_file.close()
+        remove_outputs(temporary)
+        raise
+    manifest = manifest if manifest is not None else combine_manifests(prefixes)
+    if manifest is not None:
+        atomic_write_json(output_prefix + ".json", manifest)
+    logger.info("merged %d dataset(s) into %s", len(prefixes), output_prefix)
+    return output_prefix
+
+
+def prefixes_in(folder: str) -> list[str]:
+    """Every ``*.idx`` prefix in a folder, sorted by name."""
+    found = sorted(str(p)[: -len(".idx")] for p in Path(folder).glob("*.idx"))
+    if not found:
+        raise FileNotFoundError(f"{folder}: no .idx files to merge")
+    return found
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", nargs="+", help="dataset prefixes (no extension), in order")
+    parser.add_argument("--input-dir", help="merge every *.idx prefix in this folder (sorted)")
+    parser.add_argument("--output-prefix", required=True, help="merged dataset prefix")
+
+
+def run(args: argparse.Namespace) -> int:
+    prefixes = list(args.input or []) + (prefixes_in(args.input_dir) if args.input_dir else [])
+    merge_datasets(prefixes, args.output_prefix)
+    return 0

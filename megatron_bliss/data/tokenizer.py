@@ -1,0 +1,195 @@
+"""Tokenizer loading for the whole project, and the end-of-document / dtype rules of CONTRACT.md.
+
+``load_tokenizer`` turns any accepted spec into a Hugging Face tokenizer: a tokenizer directory or
+hub name, a ``tokenizers``-format ``*.json`` file, a sentencepiece ``*.model`` file (loaded as a
+Llama tokenizer), or Megatron's ``GPT2BPETokenizer`` vocab/merges pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+EOD_CANDIDATES = ("<|endoftext|>", "</s>")
+UINT16_LIMIT = 65500  # CONTRACT.md: uint16 tokens when len(tokenizer) < 65500
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Everything needed to load a tokenizer again (in a worker process, say)."""
+
+    name: str | None = None  # directory, hub name, *.json or *.model
+    tokenizer_type: str | None = None  # Megatron: HuggingFaceTokenizer | GPT2BPETokenizer
+    vocab_file: str | None = None
+    merge_file: str | None = None
+
+    def describe(self) -> str:
+        if self.tokenizer_type == "GPT2BPETokenizer":
+            return f"GPT2BPETokenizer({self.vocab_file}, {self.merge_file})"
+        return str(self.name)
+
+
+def spec_from_args(args) -> TokenizerSpec:
+    """The spec named by ``--tokenizer`` or Megatron's ``--tokenizer-type/-model/--vocab-file``."""
+    name = getattr(args, "tokenizer", None) or getattr(args, "tokenizer_model", None)
+    return TokenizerSpec(
+        name=name,
+        tokenizer_type=getattr(args, "tokenizer_type", None),
+        vocab_file=getattr(args, "vocab_file", None),
+        merge_file=getattr(args, "merge_file", None),
+    )
+
+
+def _quiet_transformers():
+    warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def _set_default_eos(tokenizer) -> None:
+    """A bare ``tokenizers`` file declares no eos: adopt the first standard one it contains."""
+    if tokenizer.eos_token is not None:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in EOD_CANDIDATES:
+        if candidate in vocab:
+            tokenizer.eos_token = candidate
+            return
+
+
+def _load_json_file(path: Path):
+    transformers = _quiet_transformers()
+    json.loads(path.read_text())  # a clear error for a file that is not JSON at all
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    _set_default_eos(tokenizer)
+    return tokenizer
+
+
+def _load_sentencepiece(path: Path):
+    transformers = _quiet_transformers()
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(path, Path(folder) / "tokenizer.model")
+        return transformers.LlamaTokenizer.from_pretrained(folder)
+
+
+def _load_gpt2_bpe(vocab_file: str | None, merge_file: str | None):
+    if not vocab_file or not merge_file:
+        raise ValueError("GPT2BPETokenizer needs --vocab-file and --merge-file")
+    for path in (vocab_file, merge_file):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: tokenizer file not found")
+    transformers = _quiet_transformers()
+    return transformers.GPT2TokenizerFast(vocab_file=vocab_file, merges_file=merge_file)
+
+
+def _load(spec: TokenizerSpec):
+    if spec.tokenizer_type == "GPT2BPETokenizer":
+        return _load_gpt2_bpe(spec.vocab_file, spec.merge_file)
+    if spec.tokenizer_type not in (None, "HuggingFaceTokenizer"):
+        raise ValueError(
+            f"--tokenizer-type {spec.tokenizer_type} is not supported "
+            "(HuggingFaceTokenizer or GPT2BPETokenizer)"
+        )
+    if not spec.name:
+        raise ValueError("no tokenizer given (--tokenizer or --tokenizer-model)")
+    path = Path(spec.name)
+    if path.is_file() and path.suffix == ".json":
+        return _load_json_file(path)
+    if path.is_file() and path.suffix == ".model":
+        return _load_sentencepiece(path)
+    if path.is_file():
+        raise ValueError(f"{path}: not a tokenizer (expected a directory, *.json or *.model)")
+    transformers = _quiet_transformers()
+    return transformers.AutoTokenizer.from_pretrained(spec.name)
+
+
+def load_tokenizer(spec: str | TokenizerSpec):
+    """A Hugging Face tokenizer for ``spec``; any failure becomes one line naming the spec."""
+    spec = TokenizerSpec(name=str(spec)) if not isinstance(spec, TokenizerSpec) else spec
+    try:
+        return _load(spec)
+    except (FileNotFoundError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if spec.describe() in message:
+            raise type(error)(message) from None
+        raise ValueError(f"{spec.describe()}: cannot load tokenizer ({message})") from None
+    except Exception as error:  # tokenizers/transformers raise many types for a broken file
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{spec.describe()}: cannot load tokenizer ({message})") from None
+
+
+def resolve_eod_id(tokenizer, override: str | int | None = None) -> int:
+    """CONTRACT.md: eos token, else ``<|endoftext|>``, else ``</s>``, else error; override wins."""
+    vocab = tokenizer.get_vocab()
+    if override is not None:
+        if isinstance(override, int) or str(override).isdigit():
+            if int(override) >= len(tokenizer):
+                raise ValueError(f"--eod-token {override} is outside the vocabulary")
+            return int(override)
+        if override not in vocab:
+            raise ValueError(f"--eod-token {override!r} is not a token of the tokenizer")
+        return int(vocab[override])
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    for candidate in EOD_CANDIDATES:
+        if candidate in vocab:
+            return int(vocab[candidate])
+    raise ValueError(
+        "tokenizer has no eos token, '<|endoftext|>' or '</s>': give one with --eod-token"
+    )
+
+
+def token_dtype(tokenizer) -> np.dtype:
+    """uint16 if the vocabulary (added tokens included) has fewer than 65500 ids, else int32."""
+    return np.dtype(np.uint16) if len(tokenizer) < UINT16_LIMIT else np.dtype(np.int32)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A sha256 of the tokenizer's full definition, for manifests."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps([tokenizer.eos_token, tokenizer.bos_token, len(tokenizer)]).encode())
+    return digest.hexdigest()
+
+
+class DocumentEncoder:
+    """Encodes batches of texts to token ids exactly like ``tokenizer.encode`` one at a time.
+
+    Fast tokenizers go through the Rust backend's batch encoder (the expensive part of
+    preprocessing); the ids are the same as ``encode(text, add_special_tokens=False)``.
+    """
+
+    def __init__(self, tokenizer, append_eod: bool, eod_id: int | None, bos_id: int | None):
+        self.tokenizer = tokenizer
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.prefix = [bos_id] if bos_id is not None else []
+        self.suffix = [eod_id] if append_eod else []
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self.backend is not None:
+            encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
+            ids = [encoding.ids for encoding in encodings]
+        else:
+            ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        if self.prefix or self.suffix:
+            ids = [self.prefix + one + self.suffix for one in ids]
+        return ids
+
+
+def bos_id_or_error(tokenizer) -> int:
+    if tokenizer.bos_token_id is None:
+        raise ValueError("--add-bos: the tokenizer has no bos token")
+    return int(tokenizer.bos_token_id)
