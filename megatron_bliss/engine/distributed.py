@@ -1,0 +1,163 @@
+"""Process-group set-up that works the same under python, torchrun, the deepspeed launcher and srun.
+
+A plain ``python`` process gets RANK=0/WORLD_SIZE=1 and a free MASTER_PORT; under ``srun`` the
+SLURM variables are translated. ``pretrain`` may be called repeatedly in one process (the pipeline
+does, once per round), so ``DistributedContext`` tears down only what it created.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _from_slurm() -> None:
+    """Map SLURM's per-task variables onto torch's when launched by ``srun`` directly."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    if "SLURM_NTASKS" not in os.environ:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in os.environ:
+        nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
+        first = nodes.split(",")[0]
+        if "[" in first:  # node[01-04] -> node01
+            base, rest = first.split("[", 1)
+            first = base + rest.split("-")[0].split(",")[0].rstrip("]")
+        os.environ["MASTER_ADDR"] = first or "127.0.0.1"
+    os.environ.setdefault("MASTER_PORT", "29500")
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    created_group: bool = False
+    env_set: list[str] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if dist.is_initialized() and self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Destroy the process group and env defaults only if this context created them."""
+        if self.created_group and dist.is_initialized():
+            self.barrier()
+            dist.destroy_process_group()
+        for name in self.env_set:
+            os.environ.pop(name, None)
+        self.created_group = False
+        self.env_set = []
+
+
+def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> DistributedContext:
+    """Join (or create) the default process group; gloo on CPU, nccl on GPUs."""
+    import deepspeed
+
+    context = DistributedContext()
+    if not dist.is_initialized():
+        _from_slurm()
+        defaults = {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+        }
+        for name, value in defaults.items():
+            if name not in os.environ:
+                os.environ[name] = value
+                context.env_set.append(name)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(free_port())
+            context.env_set.append("MASTER_PORT")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            auto_mpi_discovery=False,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+        context.created_group = True
+    context.rank = dist.get_rank()
+    context.world_size = dist.get_world_size()
+    context.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+        context.device = torch.device("cuda", context.local_rank)
+    return context
+
+
+def all_reduce_max(value: float, context: DistributedContext) -> float:
+    if context.world_size == 1:
+        return value
+    tensor = torch.tensor([float(value)], device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def all_reduce_mean(values: list[float], context: DistributedContext) -> list[float]:
+    if context.world_size == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
+    dist.all_reduce(tensor)
+    return (tensor / context.world_size).tolist()
+
+
+def dry_run(context: DistributedContext) -> float:
+    """Check the world with one all-reduce of ones; returns the sum (== world size)."""
+    tensor = torch.ones(1, device=context.device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    total = float(tensor.item())
+    if int(round(total)) != context.world_size:
+        raise RuntimeError(f"all-reduce gave {total}, expected the world size {context.world_size}")
+    return total
+
+
+class PreemptionFlag:
+    """Records SIGTERM/SIGUSR1 so the loop can checkpoint and stop at the next step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> PreemptionFlag:
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            logger.debug("signal handlers not installed (not the main thread)")
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        logger.warning("received signal %d: checkpointing at the end of this step", signum)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

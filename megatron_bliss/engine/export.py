@@ -1,0 +1,109 @@
+"""``megatron-bliss export-hf``: a ZeRO checkpoint -> a Hugging Face model directory.
+
+The fp32 master weights are consolidated with DeepSpeed's ``zero_to_fp32`` reader (any ZeRO stage),
+loaded strictly into a model built from the full config stored in the checkpoint's ``meta.json``
+(every dimension explicit, the padded vocabulary kept), and saved as safetensors with the run's
+tokenizer. ``load_model`` gives the same model in memory, from an HF dir or a checkpoint.
+
+    megatron-bliss export-hf --checkpoint RUN_DIR/checkpoints --output RUN_DIR/hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from megatron_bliss.engine.checkpoint import read_meta, resolve_checkpoint
+from megatron_bliss.models.loading import is_hf_directory, model_from_state_dict
+
+logger = logging.getLogger(__name__)
+
+
+def consolidated_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of every parameter, gathered from the ranks' ZeRO shards.
+
+    DeepSpeed's shard files pickle optimizer objects, so its reader cannot use
+    ``weights_only=True``; only checkpoints this project wrote should be passed here.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    return {name: tensor.float().contiguous() for name, tensor in state.items()}
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    checkpoint_dir, tag = resolve_checkpoint(path)
+    meta = read_meta(checkpoint_dir, tag)
+    state = consolidated_state_dict(checkpoint_dir, tag)
+    return model_from_state_dict(meta["model_config"], state), meta
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """A causal LM for inference from an HF directory or a DeepSpeed checkpoint (fp32, eval)."""
+    path = Path(path)
+    if is_hf_directory(path):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=False
+        )
+        return model.eval()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model path not found")
+    model, _ = load_checkpoint_model(path)
+    return model
+
+
+def _tokenizer_source(meta: dict, checkpoint_dir: Path, tokenizer: str | None) -> str | None:
+    if tokenizer:
+        return tokenizer
+    run_copy = checkpoint_dir.parent / "tokenizer"
+    if run_copy.is_dir():
+        return str(run_copy)
+    return meta.get("tokenizer")
+
+
+def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | None = None) -> Path:
+    """Write ``output`` (config.json, model.safetensors, tokenizer) atomically; returns it."""
+    checkpoint_dir, tag = resolve_checkpoint(checkpoint)
+    meta = read_meta(checkpoint_dir, tag)
+    model = model_from_state_dict(
+        meta["model_config"], consolidated_state_dict(checkpoint_dir, tag)
+    )
+    model.config.dtype = torch.float32
+    output = Path(output)
+    staging = output.parent / f".{output.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    source = _tokenizer_source(meta, checkpoint_dir, tokenizer)
+    if source:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(source, trust_remote_code=False).save_pretrained(staging)
+    else:
+        logger.warning("no tokenizer found for %s: exported without one", checkpoint_dir)
+    if output.exists():
+        shutil.rmtree(output)
+    staging.rename(output)
+    logger.info("exported %s/%s (step %s) to %s", checkpoint_dir, tag, meta.get("step"), output)
+    return output
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True, help="RUN_DIR/checkpoints, one step folder, or RUN_DIR"
+    )
+    parser.add_argument("--output", required=True, help="Hugging Face directory to write")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer to include (default: the run's copy)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    export_hf(args.checkpoint, args.output, args.tokenizer)
+    print(args.output)
+    return 0

@@ -1,0 +1,63 @@
+"""Callbacks into a running ``pretrain``: what the pipeline and the tests observe and control.
+
+Subclass ``Hooks`` (or pass callables to it). ``stop_after_step`` simulates a kill in-process: the
+trainer raises ``TrainingInterrupted`` right after that step, either after the step's checkpoint
+was written (``stop_with_checkpoint=True``, like a preemption with SIGTERM) or without writing one
+(like a hard kill), and cleans up its engine and process group before the exception escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by ``pretrain`` when a hook asked it to stop early (tests simulate kills with it)."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        super().__init__(f"training stopped after step {step} (checkpoint: {checkpoint})")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class Hooks:
+    """Default no-op callbacks; override methods or pass callables to the constructor."""
+
+    def __init__(
+        self,
+        on_step_end: Callable[[int, dict[str, Any]], None] | None = None,
+        on_checkpoint: Callable[[str], None] | None = None,
+        on_train_end: Callable[[dict[str, Any]], None] | None = None,
+        on_validation: Callable[[int, dict[str, Any]], None] | None = None,
+        stop_after_step: int | None = None,
+        stop_with_checkpoint: bool = False,
+    ):
+        self._step_end = on_step_end
+        self._checkpoint = on_checkpoint
+        self._train_end = on_train_end
+        self._validation = on_validation
+        self.stop_after_step = stop_after_step
+        self.stop_with_checkpoint = stop_with_checkpoint
+
+    def on_step_end(self, step: int, metrics: dict[str, Any]) -> None:
+        """After optimizer step ``step`` (1-based global step) with its logged metrics."""
+        if self._step_end:
+            self._step_end(step, metrics)
+
+    def on_validation(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._validation:
+            self._validation(step, metrics)
+
+    def on_checkpoint(self, path: str) -> None:
+        """After a checkpoint folder was completely written (all ranks)."""
+        if self._checkpoint:
+            self._checkpoint(path)
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        if self._train_end:
+            self._train_end(summary)
+
+    def should_stop(self, step: int) -> bool:
+        """True when the run must stop after ``step`` (checked on every rank)."""
+        return self.stop_after_step is not None and step >= self.stop_after_step

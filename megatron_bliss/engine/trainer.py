@@ -1,0 +1,574 @@
+"""One pretraining stage on DeepSpeed ZeRO: ``pretrain(config, hooks) -> summary``.
+
+Runs in the current process(es): plain python (1 rank), torchrun, the deepspeed launcher or srun.
+The pipeline calls it once per round in one process, so everything it creates (engine, process
+group, TensorBoard writer, signal handlers, transformers' ZeRO-3 switch) is released on return,
+also when a hook stops the run with ``TrainingInterrupted``.
+
+Single process:  ``megatron-bliss pretrain --config configs/pretrain_tiny_cpu.yaml``
+Two CPU ranks:   ``OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m megatron_bliss.cli pretrain ...``
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import math
+import random
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megatron_bliss.config import ConfigError, dump_yaml, to_dict
+from megatron_bliss.engine import checkpoint as ckpt
+from megatron_bliss.engine.batches import (
+    BatchOptions,
+    make_batch,
+    masked_lm_loss,
+    micro_batch_indices,
+)
+from megatron_bliss.engine.config import (
+    PretrainConfig,
+    gradient_accumulation,
+    read_ds_json,
+    resolve_device,
+    resolve_precision,
+    validate_static,
+)
+from megatron_bliss.engine.distributed import (
+    DistributedContext,
+    PreemptionFlag,
+    all_reduce_max,
+    all_reduce_mean,
+    init_distributed,
+)
+from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.engine.metrics import (
+    MetricSink,
+    device_peak_flops,
+    flops_per_token,
+    memory_stats,
+    truncate_metrics,
+)
+from megatron_bliss.engine.schedules import learning_rate
+from megatron_bliss.utils.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+# torch deprecation notices raised inside DeepSpeed on every ZeRO collective.
+warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)")
+
+
+def pretrain(config: PretrainConfig, hooks: Hooks | None = None) -> dict[str, Any]:
+    """Train one stage as configured; returns the summary (also written to RUN_DIR/summary.json)."""
+    validate_static(config)
+    device_type = resolve_device(config)
+    precision = resolve_precision(config, device_type)
+    context = init_distributed(device_type)
+    stage = None
+    try:
+        stage = TrainingStage(config, hooks or Hooks(), context, precision)
+        return stage.run()
+    finally:
+        if stage is not None:
+            stage.close()
+        context.close()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_ds_config(
+    config: PretrainConfig, accumulation: int, precision: str, device_type: str
+) -> dict[str, Any]:
+    """The DeepSpeed JSON with everything the PretrainConfig owns filled in from it.
+
+    Batch sizes, clipping, precision and optimizer hyper-parameters have one source of truth (the
+    PretrainConfig); the JSON may leave them out or write "auto", and a differing value stops.
+    """
+    ds = _merge(read_ds_json(config.deepspeed), config.deepspeed.overrides)
+    owned = {
+        "train_micro_batch_size_per_gpu": config.train.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": config.train.global_batch_size,
+        "gradient_clipping": config.train.grad_clip,
+    }
+    for key, value in owned.items():
+        if ds.get(key, "auto") not in ("auto", value):
+            raise ConfigError(
+                f"{config.deepspeed.config}: {key}={ds[key]} conflicts with the pretrain config "
+                f'({value}); remove it from the JSON or set it to "auto"'
+            )
+        ds[key] = value
+    if "scheduler" in ds:
+        logger.warning("%s: 'scheduler' ignored (schedule.* sets the LR)", config.deepspeed.config)
+        ds.pop("scheduler")
+    zero = dict(ds.get("zero_optimization", {}))
+    if config.deepspeed.zero_stage is not None:
+        zero["stage"] = config.deepspeed.zero_stage
+    zero.setdefault("stage", 0)
+    ds["zero_optimization"] = zero
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
+    optimizer = copy.deepcopy(ds.get("optimizer", {"type": "AdamW", "params": {}}))
+    params = optimizer.setdefault("params", {})
+    params.update(
+        lr=config.optimizer.lr,
+        betas=[config.optimizer.beta1, config.optimizer.beta2],
+        eps=config.optimizer.eps,
+        weight_decay=config.optimizer.weight_decay,
+    )
+    if device_type == "cpu":
+        params["torch_adam"] = True  # skips the fused_adam JIT build (same speed on CPU)
+    ds["optimizer"] = optimizer
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay for biases and norm weights (1-D tensors), as Megatron."""
+    decay, no_decay = [], []
+    for _, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        shape = getattr(parameter, "ds_shape", parameter.shape)
+        (decay if len(shape) >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class TrainingStage:
+    """Everything one stage holds: data, engine, sinks; ``run`` is the loop, ``close`` frees it."""
+
+    def __init__(
+        self, config: PretrainConfig, hooks: Hooks, context: DistributedContext, precision: str
+    ):
+        self.config = config
+        self.hooks = hooks
+        self.context = context
+        self.precision = precision
+        self.device = context.device
+        self.engine = None
+        self.sink = MetricSink(Path("."), enabled=False, tensorboard=False)
+        self.accumulation = gradient_accumulation(config, context.world_size)
+        self.run_dir = Path(config.run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        if context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(config, self.run_dir / "config.yaml")
+        self.tokenizer = self._load_tokenizer()
+        seed_everything(config.train.seed)
+        self.ds_config = build_ds_config(config, self.accumulation, precision, self.device.type)
+        self.zero_stage = int(self.ds_config["zero_optimization"]["stage"])
+        self.model = self._build_model()
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.dataset = self._dataset()
+        self.valid_dataset = self._valid_dataset()
+        self.batch_options = self._batch_options()
+        self.flops_per_token = flops_per_token(self.model.config, config.data.seq_length)
+        self.peak_flops = device_peak_flops(
+            self.device, precision, config.logging.peak_flops, config.logging.cpu_peak_flops
+        )
+        self._initialize_engine()
+        self.step, self.consumed_samples = 0, 0
+        self._resume()
+        self._write_run_info()
+        self.sink = MetricSink(self.run_dir, context.is_main, config.logging.tensorboard)
+
+    # ---------------------------------------------------------------- set-up
+    def _load_tokenizer(self):
+        name = self.config.data.tokenizer
+        if not name:
+            return None
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        if self.context.is_main:
+            target = self.run_dir / "tokenizer"
+            temporary = self.run_dir / ".tokenizer.tmp"
+            shutil.rmtree(temporary, ignore_errors=True)
+            tokenizer.save_pretrained(temporary)
+            shutil.rmtree(target, ignore_errors=True)
+            temporary.rename(target)
+        return tokenizer
+
+    def _vocab_size(self) -> int | None:
+        from megatron_bliss.models.presets import padded_vocab_size
+
+        if self.config.model.vocab_size:
+            return self.config.model.vocab_size
+        if self.tokenizer is not None:
+            return padded_vocab_size(len(self.tokenizer))
+        return None
+
+    def _build_model(self) -> torch.nn.Module:
+        from megatron_bliss.models.loading import build_training_model
+
+        model = build_training_model(
+            self.config.model,
+            vocab_size=self._vocab_size(),
+            seed=self.config.train.seed,
+            ds_config=self.ds_config if self.zero_stage == 3 else None,
+        )
+        if self.config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        logger.info(
+            "model %s: %s attention, %.2fM parameters, ZeRO-%d, %s, %d rank(s), accumulation %d",
+            self.config.model.preset,
+            model.config._attn_implementation,
+            _count(model) / 1e6,
+            self.zero_stage,
+            self.precision,
+            self.context.world_size,
+            self.accumulation,
+        )
+        return model
+
+    def _dataset(self):
+        """Sample index built on rank 0 and cached on disk; other ranks read the cache."""
+        from megatron_bliss.data.training_dataset import DataSource, TrainingDataset
+
+        data = self.config.data
+        sources = [DataSource(s.prefix, s.weight, s.selection) for s in data.all_sources()]
+        num_samples = self.config.train.train_steps * self.config.train.global_batch_size
+        cache_dir = data.cache_dir or str(self.run_dir / "data_cache")
+
+        def build():
+            return TrainingDataset(
+                sources, data.seq_length, num_samples, self.config.train.seed,
+                vocab_size=self.vocab_size, cache_dir=cache_dir,
+            )  # fmt: skip
+
+        dataset = build() if self.context.is_main else None
+        self.context.barrier()
+        return dataset if dataset is not None else build()
+
+    def _valid_dataset(self):
+        data = self.config.data
+        if not data.valid_prefix:
+            return None
+        from megatron_bliss.data.training_dataset import DataSource, TrainingDataset
+
+        per_rank = self.config.logging.eval_batches * self.config.train.micro_batch_size
+        return TrainingDataset(
+            [DataSource(data.valid_prefix)],
+            data.seq_length,
+            per_rank * self.context.world_size,
+            self.config.train.seed,
+            vocab_size=self.vocab_size,
+        )
+
+    def _batch_options(self) -> BatchOptions:
+        data = self.config.data
+        eod = data.eod_token_id
+        if eod is None and self.tokenizer is not None:
+            eod = self.tokenizer.eos_token_id
+        flash = self.model.config._attn_implementation == "flash_attention_2"
+        if data.reset_attention_mask and flash and not data.reset_position_ids:
+            raise ConfigError(
+                "data.reset_attention_mask with flash_attention_2 needs data.reset_position_ids "
+                "(documents are separated by restarting position ids)"
+            )
+        options = BatchOptions(
+            eod, data.eod_mask_loss, data.reset_position_ids, data.reset_attention_mask, flash
+        )
+        make_batch(np.zeros((1, 2), dtype=np.int64), options, torch.device("cpu"), torch.float32)
+        return options
+
+    def _initialize_engine(self) -> None:
+        import deepspeed
+
+        groups = parameter_groups(self.model, self.config.optimizer.weight_decay)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model, model_parameters=groups, config=self.ds_config
+        )
+        self.model = None  # the engine owns it now
+        self.mask_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            self.precision, torch.float32
+        )
+
+    def _resume(self) -> None:
+        source = self.config.checkpoint.load
+        if source is None:
+            if not self.config.checkpoint.resume or not (self.checkpoint_dir / "latest").exists():
+                return
+            source = str(self.checkpoint_dir)
+        checkpoint_dir, tag = ckpt.resolve_checkpoint(source)
+        meta = ckpt.read_meta(checkpoint_dir, tag)
+        ckpt.check_compatible(meta, self.context.world_size, self.zero_stage, checkpoint_dir / tag)
+        meta = ckpt.load_checkpoint(self.engine, checkpoint_dir, tag, self.context.rank)
+        self.step = int(meta["step"])
+        self.consumed_samples = int(meta["consumed_samples"])
+        if self.engine.global_steps != self.step:
+            raise ValueError(
+                f"{checkpoint_dir / tag}: DeepSpeed step {self.engine.global_steps} != {self.step}"
+            )
+        if self.context.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        logger.info(
+            "resumed from %s: step %d, %d samples consumed",
+            checkpoint_dir / tag,
+            self.step,
+            self.consumed_samples,
+        )
+
+    def _write_run_info(self) -> None:
+        if not self.context.is_main:
+            return
+        info = {
+            "world_size": self.context.world_size,
+            "gradient_accumulation_steps": self.accumulation,
+            "precision": self.precision,
+            "device": self.device.type,
+            "zero_stage": self.zero_stage,
+            "attn_implementation": self.engine.module.config._attn_implementation,
+            "flops_per_token": self.flops_per_token,
+            "peak_flops_per_device": self.peak_flops,
+            "deepspeed_config": self.ds_config,
+            "model_config": self.engine.module.config.to_dict(),
+        }
+        atomic_write_json(self.run_dir / "run_info.json", info)
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        train = self.config.train
+        tokens_per_step = train.global_batch_size * self.config.data.seq_length
+        losses: list[float] = []
+        last_saved = self.step if self.step > 0 else -1
+        progress = self._progress_bar()
+        with PreemptionFlag() as preemption:
+            while self.step < train.train_steps:
+                started = time.perf_counter()
+                lr = self._set_learning_rate()
+                loss = self._train_step()
+                elapsed = self._synchronized_time(started)
+                self.step += 1
+                self.consumed_samples += train.global_batch_size
+                losses.append(loss)
+                metrics = self._step_metrics(loss, lr, elapsed, tokens_per_step)
+                if self.step % self.config.logging.log_interval == 0:
+                    self.sink.write(metrics)
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                self.hooks.on_step_end(self.step, metrics)
+                if self._validation_due():
+                    self._validate()
+                stop = self.hooks.should_stop(self.step)
+                signalled = all_reduce_max(float(preemption.received or 0), self.context) > 0
+                if (
+                    self._checkpoint_due()
+                    or signalled
+                    or (stop and self.hooks.stop_with_checkpoint)
+                ):
+                    self._save()
+                    last_saved = self.step
+                if stop or signalled:
+                    progress.close()
+                    saved = str(self.checkpoint_dir / ckpt.tag_for(self.step))
+                    if stop:
+                        raise TrainingInterrupted(
+                            self.step, saved if last_saved == self.step else None
+                        )
+                    return self._finish(losses, interrupted=True)
+        progress.close()
+        if self.config.logging.eval_interval and self.valid_dataset is not None:
+            if self.step % self.config.logging.eval_interval:
+                self._validate()
+        if self.config.checkpoint.save_at_end and last_saved != self.step:
+            self._save()
+        return self._finish(losses, interrupted=False)
+
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.config.train.train_steps,
+            initial=self.step,
+            desc="pretrain",
+            unit="step",
+            disable=not (self.context.is_main and self.config.logging.progress_bar),
+            dynamic_ncols=True,
+        )
+
+    def _set_learning_rate(self) -> float:
+        lr = learning_rate(
+            self.step,
+            self.config.schedule,
+            self.config.optimizer.lr,
+            self.config.optimizer.min_lr,
+            self.config.train.train_steps,
+        )
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _micro_batch(self, dataset, consumed: int, micro_step: int) -> dict[str, torch.Tensor]:
+        indices = micro_batch_indices(
+            consumed,
+            micro_step,
+            self.context.rank,
+            self.context.world_size,
+            self.config.train.micro_batch_size,
+        )
+        samples = np.stack([dataset[index] for index in indices])
+        return make_batch(samples, self.batch_options, self.device, self.mask_dtype)
+
+    def _forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels, loss_mask = batch.pop("labels"), batch.pop("loss_mask")
+        logits = self.engine(**batch, use_cache=False).logits
+        return masked_lm_loss(logits, labels, loss_mask)
+
+    def _train_step(self) -> float:
+        """One optimizer step: ``accumulation`` micro-batches; returns the mean loss over ranks."""
+        self.engine.train()
+        total = torch.zeros((), device=self.device)
+        for micro_step in range(self.accumulation):
+            batch = self._micro_batch(self.dataset, self.consumed_samples, micro_step)
+            loss = self._forward_loss(batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float()
+        return all_reduce_mean([total.item() / self.accumulation], self.context)[0]
+
+    def _synchronized_time(self, started: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
+
+    def _step_metrics(self, loss: float, lr: float, elapsed: float, tokens: int) -> dict[str, Any]:
+        tokens_per_second = tokens / max(elapsed, 1e-9)
+        grad_norm = self.engine.get_global_grad_norm()
+        if isinstance(grad_norm, torch.Tensor):
+            grad_norm = grad_norm.item()
+        achieved = self.flops_per_token * tokens_per_second / self.context.world_size
+        metrics = {
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+            "step_time": elapsed,
+            "tokens_per_second": tokens_per_second,
+            "mfu": achieved / self.peak_flops,
+            "consumed_samples": self.consumed_samples,
+            "consumed_tokens": self.consumed_samples * self.config.data.seq_length,
+        }
+        metrics.update(memory_stats(self.device))
+        return metrics
+
+    def _validation_due(self) -> bool:
+        interval = self.config.logging.eval_interval
+        return bool(interval) and self.valid_dataset is not None and self.step % interval == 0
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        self.engine.eval()
+        losses = []
+        for batch_number in range(self.config.logging.eval_batches):
+            batch = self._micro_batch(self.valid_dataset, 0, batch_number)
+            losses.append(self._forward_loss(batch).float().item())
+        self.engine.train()
+        val_loss = all_reduce_mean([float(np.mean(losses))], self.context)[0]
+        record = {
+            "step": self.step,
+            "val_loss": val_loss,
+            "consumed_samples": self.consumed_samples,
+            "consumed_tokens": self.consumed_samples * self.config.data.seq_length,
+        }
+        self.sink.write(record)
+        self.hooks.on_validation(self.step, record)
+        logger.info("step %d: validation loss %.4f", self.step, val_loss)
+        return val_loss
+
+    def _checkpoint_due(self) -> bool:
+        interval = self.config.checkpoint.save_interval
+        return bool(interval) and self.step % interval == 0
+
+    def _save(self) -> None:
+        meta = {
+            "step": self.step,
+            "consumed_samples": self.consumed_samples,
+            "consumed_tokens": self.consumed_samples * self.config.data.seq_length,
+            "world_size": self.context.world_size,
+            "zero_stage": self.zero_stage,
+            "precision": self.precision,
+            "seq_length": self.config.data.seq_length,
+            "preset": self.config.model.preset,
+            "model_config": self.engine.module.config.to_dict(),
+            "tokenizer": str(self.run_dir / "tokenizer") if self.tokenizer is not None else None,
+        }
+        folder = ckpt.save_checkpoint(
+            self.engine,
+            self.checkpoint_dir,
+            self.step,
+            meta,
+            self.context.rank,
+            self.config.checkpoint.keep_last,
+        )
+        self.hooks.on_checkpoint(str(folder))
+
+    def _finish(self, losses: list[float], interrupted: bool) -> dict[str, Any]:
+        tokens = self.consumed_samples * self.config.data.seq_length
+        summary = {
+            "run_dir": str(self.run_dir),
+            "final_step": self.step,
+            "losses": losses,
+            "final_loss": losses[-1] if losses else None,
+            "consumed_samples": self.consumed_samples,
+            "consumed_tokens": tokens,
+            "flops": self.flops_per_token * tokens,
+            "flops_per_token": self.flops_per_token,
+            "checkpoint": str(self.checkpoint_dir) if (self.checkpoint_dir / "latest").exists()
+            else None,
+            "interrupted": interrupted,
+            "world_size": self.context.world_size,
+            "config": to_dict(self.config),
+        }  # fmt: skip
+        if self.context.is_main:
+            atomic_write_json(self.run_dir / "summary.json", summary)
+        self.context.barrier()
+        self.hooks.on_train_end(summary)
+        return summary
+
+    def close(self) -> None:
+        """Release the engine (ZeRO-3 hooks, optimizer state) and the metric sinks."""
+        self.sink.close()
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine.optimizer = None
+            self.engine = None
+        self.model = None
+        self.dataset = None
+        self.valid_dataset = None
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
