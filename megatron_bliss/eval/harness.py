@@ -97,7 +97,7 @@ def _clean_metrics(raw: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def _collect_results(raw, loaded, local, target_set_task) -> dict[str, dict[str, Any]]:
+def _collect_results(raw, loaded, local, data_files, target_set_task) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for name, task in loaded.items():
         entry = _clean_metrics(raw["results"][task.task_name])
@@ -105,11 +105,13 @@ def _collect_results(raw, loaded, local, target_set_task) -> dict[str, dict[str,
         if spec is not None:
             entry["split"] = spec.split
             entry["source"] = f"local: {spec.data_file}"
+            entry["data_file"] = data_files[name]
             if spec.note:
                 entry["note"] = spec.note
         elif name == PPL_TASK:
             entry["split"] = "held-out"
             entry["source"] = "local: --ppl-data"
+            entry["data_file"] = data_files[name]
         else:
             entry["split"] = HUB_TASKS.get(name, ("", "unknown"))[1]
             entry["source"] = "hub"
@@ -169,7 +171,12 @@ def evaluate_model(
             log_samples=False,
             bootstrap_iters=BOOTSTRAP_ITERS,
         )
-    results = _collect_results(raw, loaded, local, target_set_task)
+    data_files = {
+        name: str(Path(task_data).resolve() / spec.data_file) for name, spec in local.items()
+    }
+    if ppl_data is not None:
+        data_files[PPL_TASK] = str(Path(ppl_data).resolve())
+    results = _collect_results(raw, loaded, local, data_files, target_set_task)
     if output is not False:
         output_path = Path(output) if output else default_output_path(model_dir)
         atomic_write_json(output_path, results)
