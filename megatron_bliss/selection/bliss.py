@@ -1,0 +1,393 @@
+"""BLISS: bilevel data selection with a proxy LM and a score model (method-spec section 1).
+
+One outer step of ``BlissSelector.fit`` (global batch split over ranks):
+
+1. ``inner_steps`` lower-level steps on the proxy: ``sum_i P_i CE_i + gamma * KL(target || proxy)
+   + reg * ||theta_p||^2`` with ``P = softmax(scores)`` over the global batch; AdamW, clip 1.0.
+2. ``grad f``: the proxy's loss on a target-set batch (token mean over the global batch).
+3. On a fresh training batch: the lower gradient with its graph (``hypergrad.LowerGraph``), a
+   solver for ``z ~ (H + lamb I)^-1 grad f`` (``solvers.py``), every ``c_i = g_i . z`` from one
+   extra backward, and the score model's gradient from the surrogate ``-sum_i softmax(s)_i c_i``
+   (equal to the implicit hypergradient; all-reduced); AdamW on the score model.
+
+The proxy restarts from its warm-up checkpoint every round (``proxy_init``; warmed up here when not
+given and saved to ``RUN_DIR/proxy_warmup/`` for later rounds), the score model carries over
+(``score_model_init``; round 1: the warm-up proxy's backbone with a new head).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_bliss.selection import hypergrad as hg
+from megatron_bliss.selection.base import Selector
+from megatron_bliss.selection.proxy import (
+    build_proxy,
+    cosine_with_warmup,
+    evaluation,
+    family_of,
+    lm_logits,
+    parameter_count,
+    pool_batch,
+    resolve_proxy_preset,
+    sdpa_math,
+    sequence_ce,
+    sequence_kl,
+    target_loss_sum,
+    warmup_lm,
+)
+from megatron_bliss.selection.score_model import ScoreModel, load_score_model
+from megatron_bliss.selection.scoring import score_pool
+from megatron_bliss.selection.solvers import SOLVERS, SolverSettings, solve
+
+logger = logging.getLogger(__name__)
+
+
+class BlissSelector(Selector):
+    name = "bliss"
+
+    @dataclass
+    class Config:
+        """Defaults are the paper's scale (method-spec 1.3); configs/select_tiny_cpu.yaml shrinks them."""
+
+        proxy_preset: str = "auto"
+        """Proxy/score backbone preset; ``auto``: pythia-160m (Pythia targets), llama-tiny (LLaMA)."""
+        proxy_init: str | None = None
+        """Hugging Face directory of the warmed-up proxy (reset point of every round)."""
+        score_model_init: str | None = None
+        """Previous round's ``score_model/`` (carried over); none: warm-up proxy + new head."""
+        proxy_warmup_steps: int = 1000
+        """Warm-up of the proxy on random pool sequences when ``proxy_init`` is not given."""
+        proxy_warmup_lr: float = 1e-3
+        proxy_warmup_batch_size: int = 32
+        outer_steps: int = 3000
+        """Score-model (upper-level) steps per round."""
+        inner_steps: int = 1
+        """Proxy (lower-level) steps per outer step (paper: 1 or 5)."""
+        batch_size: int = 32
+        """Global training batch (sequences) per step, split over ranks (paper: 4 x 8 GPUs)."""
+        target_batch_size: int = 32
+        """Global target-set batch for ``grad f``."""
+        lr_proxy: float = 1e-5
+        lr_score: float = 1e-5
+        weight_decay: float = 0.1
+        beta1: float = 0.9
+        beta2: float = 0.95
+        grad_clip: float = 1.0
+        warmup_fraction: float = 0.1
+        """Linear LR warm-up fraction of the cosine schedules of both levels."""
+        gamma: float = 1e-2
+        """Weight of KL(target || proxy) per token in the lower objective (scripts/run.sh)."""
+        reg: float = 1e-7
+        """L2 weight on the proxy's parameters in the lower objective."""
+        solver: str = "identity"
+        """``identity`` (z = grad f), ``cg`` or ``paper``; default chosen by measurement (solvers.py)."""
+        lamb: float = 1e-2
+        """Damping of the linear system (H + lamb I) z = grad f."""
+        paper_loops: int = 3
+        paper_lr: float = 1e-2
+        cg_iters: int = 10
+        cg_tol: float = 1e-3
+        head_init_std: float = 0.02
+        """Std of the new score head; small so the sigmoid starts unsaturated (scores ~0.5)."""
+        score_batch_size: int = 64
+        """Sequences per forward pass when scoring the pool."""
+        log_interval: int = 10
+
+        def __post_init__(self):
+            if self.solver not in SOLVERS:
+                raise ValueError(f"solver '{self.solver}' is not one of {', '.join(SOLVERS)}")
+            for name in ("outer_steps", "batch_size", "target_batch_size"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be >= 1")
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.proxy: torch.nn.Module | None = None
+        self.score_model: ScoreModel | None = None
+        self.history: list[dict] = []
+        self.seconds = {"warmup": 0.0, "bilevel": 0.0, "scoring": 0.0}
+
+    # ----------------------------------------------------------------------------------- set-up
+    def _vocab_size(self) -> int:
+        target = self.context.target_model
+        if target is not None:
+            return int(target.config.vocab_size)
+        from megatron_bliss.models.presets import padded_vocab_size
+
+        if self.context.tokenizer is not None:
+            return padded_vocab_size(len(self.context.tokenizer))
+        return padded_vocab_size(self.context.pool.max_token_id() + 1)
+
+    def _proxy_preset(self) -> str:
+        target = self.context.target_model
+        family = family_of(target) if target is not None else None
+        if family is None and self.context.model_preset:
+            from megatron_bliss.models.presets import get_preset
+
+            family = get_preset(self.context.model_preset).family
+        if self.config.proxy_preset == "auto" and family is None:
+            raise ValueError("proxy_preset 'auto' needs a target model or a model preset")
+        return resolve_proxy_preset(self.config.proxy_preset, family or "pythia")
+
+    def prepare_proxy(self) -> torch.nn.Module:
+        """The warm-up proxy: loaded from ``proxy_init`` or trained here and saved for reuse."""
+        device = self.context.device
+        if self.config.proxy_init:
+            from transformers import AutoModelForCausalLM
+
+            path = Path(self.config.proxy_init)
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(f"{path}/config.json: proxy_init is not a model directory")
+            proxy = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+            return proxy.to(device)
+        pool = self.context.pool
+        proxy = build_proxy(self._proxy_preset(), self._vocab_size(), pool.seq_length + 1)
+        torch.manual_seed(self.context.seed)
+        start = time.perf_counter()
+        self.flops += warmup_lm(
+            proxy,
+            pool,
+            steps=self.config.proxy_warmup_steps,
+            batch_size=self.config.proxy_warmup_batch_size,
+            lr=self.config.proxy_warmup_lr,
+            seed=self.context.seed + 1,
+            device=device,
+            desc="proxy warm-up",
+        )
+        self.seconds["warmup"] += time.perf_counter() - start
+        broadcast_parameters(proxy)
+        if hg.rank() == 0:
+            proxy.save_pretrained(self.context.run_dir / "proxy_warmup")
+        return proxy
+
+    def prepare_score_model(self, warm_proxy: torch.nn.Module) -> ScoreModel:
+        if self.config.score_model_init:
+            return load_score_model(self.config.score_model_init, self.context.device).train()
+        model = ScoreModel.from_causal_lm(warm_proxy, self.config.head_init_std, self.context.seed)
+        return model.train()
+
+    # ------------------------------------------------------------------------------- main loop
+    def fit(self) -> None:
+        if self.context.target_set is None:
+            raise ValueError("bliss needs a target set (--target-data)")
+        if self.config.gamma > 0 and self.context.target_model is None:
+            raise ValueError("bliss with gamma > 0 needs a frozen target model (--target-model)")
+        world = hg.world_size()
+        for name in ("batch_size", "target_batch_size"):
+            if getattr(self.config, name) % world:
+                raise ValueError(f"bliss.{name} must be divisible by the {world} ranks")
+        warm_proxy = self.prepare_proxy()
+        self.score_model = self.prepare_score_model(warm_proxy)
+        self.proxy = copy.deepcopy(warm_proxy).train()
+        del warm_proxy
+        self._train()
+
+    def _optimizer(self, model: torch.nn.Module, lr: float):
+        c = self.config
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay
+        )
+        schedule = cosine_with_warmup(c.outer_steps, c.warmup_fraction)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def _train(self) -> None:
+        c = self.config
+        proxy_opt, proxy_sched = self._optimizer(self.proxy, c.lr_proxy)
+        score_opt, score_sched = self._optimizer(self.score_model, c.lr_score)
+        sampler = BatchSampler(
+            len(self.context.pool), len(self.context.target_set), self.context.seed
+        )
+        solver = SolverSettings(
+            name=c.solver, lamb=c.lamb, paper_loops=c.paper_loops, paper_lr=c.paper_lr,
+            cg_iters=c.cg_iters, cg_tol=c.cg_tol,
+        )  # fmt: skip
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        progress = tqdm(
+            range(c.outer_steps), desc="bliss", leave=False, disable=hg.rank() != 0 or None
+        )
+        for step in progress:
+            for _ in range(c.inner_steps):
+                self._lower_step(sampler.train(c.batch_size), proxy_opt)
+            proxy_sched.step()
+            record = self._upper_step(sampler, solver, score_opt)
+            score_sched.step()
+            record["step"] = step + 1
+            self.history.append(record)
+            if (step + 1) % c.log_interval == 0 or step + 1 == c.outer_steps:
+                progress.set_postfix(
+                    std=f"{record['score_std']:.4f}", f=f"{record['target_loss']:.3f}"
+                )
+                logger.info(
+                    "bliss step %d: target loss %.4f, lower loss %.4f, scores mean %.4f std %.4f "
+                    "[%.4f, %.4f], solver residual %.3g",
+                    step + 1, record["target_loss"], record["lower_loss"], record["score_mean"],
+                    record["score_std"], record["score_min"], record["score_max"],
+                    record["residual"],
+                )  # fmt: skip
+        self.seconds["bilevel"] += time.perf_counter() - start
+
+    def _local(self, indices: np.ndarray) -> np.ndarray:
+        per_rank = len(indices) // hg.world_size()
+        return indices[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
+
+    def _lower_terms(self, tokens: torch.Tensor, global_batch: int):
+        """Per-sample CE (graph to the proxy) and this rank's share of the KL + L2 terms."""
+        logits = lm_logits(self.proxy, tokens)
+        ce = sequence_ce(logits, tokens)
+        extra = self.config.reg * sum((p**2).sum() for p in self.proxy.parameters())
+        extra = extra / hg.world_size()
+        if self.config.gamma > 0:
+            with torch.no_grad():
+                target_logits = lm_logits(self.context.target_model, tokens)
+            kl = sequence_kl(logits, target_logits)
+            extra = extra + self.config.gamma * kl.sum() / global_batch
+        return ce, extra
+
+    def _global_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of softmax(scores) over the global batch (no gradient)."""
+        with torch.no_grad(), evaluation(self.score_model):
+            local = self.score_model(tokens[:, :-1])
+        weights = torch.softmax(hg.all_gather_cat(local), 0)
+        per_rank = len(local)
+        return weights[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
+
+    def _lower_step(self, indices: np.ndarray, optimizer) -> float:
+        tokens = pool_batch(self.context.pool, self._local(indices), self.context.device)
+        weights = self._global_weights(tokens)
+        ce, extra = self._lower_terms(tokens, len(indices))
+        loss = (weights * ce).sum() + extra
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        reduce_gradients(self.proxy)
+        torch.nn.utils.clip_grad_norm_(self.proxy.parameters(), self.config.grad_clip)
+        optimizer.step()
+        self.flops += (
+            6.0 * parameter_count(self.proxy) * tokens.numel() * (1 + (self.config.gamma > 0) / 3)
+        )
+        return float(loss)
+
+    def _target_gradient(self, indices: np.ndarray) -> tuple[list[torch.Tensor], float]:
+        input_ids, labels = self.context.target_set.batch(self._local(indices))
+        input_ids, labels = input_ids.to(self.context.device), labels.to(self.context.device)
+        params = list(self.proxy.parameters())
+        loss_sum, count = target_loss_sum(self.proxy, input_ids, labels)
+        total = hg.all_reduce_sum([torch.tensor(float(count))])[0].item()
+        grads = torch.autograd.grad(loss_sum / max(total, 1.0), params, allow_unused=True)
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        loss = hg.all_reduce_sum([loss_sum.detach().reshape(1)])[0].item() / max(total, 1.0)
+        self.flops += 6.0 * parameter_count(self.proxy) * input_ids.numel()
+        return hg.all_reduce_sum(grads), loss
+
+    def _upper_step(self, sampler, solver: SolverSettings, optimizer) -> dict:
+        c = self.config
+        grad_f, target_loss = self._target_gradient(sampler.target(c.target_batch_size))
+        indices = sampler.train(c.batch_size)
+        tokens = pool_batch(self.context.pool, self._local(indices), self.context.device)
+        local_scores = self.score_model(tokens[:, :-1])
+        global_scores = hg.gather_with_local_grad(local_scores)
+        weights = torch.softmax(global_scores.detach(), 0)
+        per_rank = len(local_scores)
+        local_weights = weights[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
+        with sdpa_math():
+            ce, extra = self._lower_terms(tokens, len(indices))
+            graph = hg.LowerGraph(list(self.proxy.parameters()), ce, local_weights, extra)
+            z, info = solve(graph.hvp, grad_f, solver)
+            dots = graph.sample_dots(z)
+        global_dots = hg.all_gather_cat(dots)
+        optimizer.zero_grad(set_to_none=True)
+        hg.surrogate_loss(global_scores, global_dots).backward()
+        reduce_gradients(self.score_model)
+        torch.nn.utils.clip_grad_norm_(self.score_model.parameters(), c.grad_clip)
+        optimizer.step()
+        n_proxy, n_score = parameter_count(self.proxy), parameter_count(self.score_model)
+        # create_graph backward ~ 2 passes, each HVP and the dot extraction ~ 2 more each.
+        self.flops += 2.0 * n_proxy * tokens.numel() * (3 + 2 * (graph.num_hvps + 2))
+        self.flops += 6.0 * n_score * tokens.numel()
+        scores = global_scores.detach()
+        return {
+            "target_loss": target_loss,
+            "lower_loss": float((weights * hg.all_gather_cat(ce.detach())).sum()),
+            "score_mean": float(scores.mean()),
+            "score_std": float(scores.std()),
+            "score_min": float(scores.min()),
+            "score_max": float(scores.max()),
+            "hvps": graph.num_hvps,
+            "residual": info.residual,
+            "dots_mean": float(global_dots.mean()),
+        }
+
+    # ------------------------------------------------------------------------ scoring, saving
+    def score(self) -> np.ndarray:
+        if self.score_model is None:
+            raise ValueError("bliss: call fit() before score()")
+        start = time.perf_counter()
+        scores = score_pool(
+            self.score_model, self.context.pool, self.config.score_batch_size, self.context.device
+        )
+        self.seconds["scoring"] += time.perf_counter() - start
+        self.flops += (
+            2.0 * parameter_count(self.score_model) * len(scores) * self.context.pool.seq_length
+        )
+        return scores
+
+    def save(self, run_dir: Path) -> None:
+        if self.score_model is None or hg.rank() != 0:
+            return
+        run_dir = Path(run_dir)
+        meta = {
+            "method": self.name,
+            "seq_length": self.context.pool.seq_length,
+            "vocab_size": int(self.score_model.config.vocab_size),
+            "model_type": self.score_model.config.model_type,
+            "outer_steps": self.config.outer_steps,
+            "solver": self.config.solver,
+        }
+        self.score_model.save(run_dir / "score_model", meta, tokenizer=self.context.tokenizer)
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        from megatron_bliss.utils.io import atomic_write_text
+
+        atomic_write_text(run_dir / "bliss_metrics.jsonl", lines)
+
+
+class BatchSampler:
+    """Global batches drawn from one seeded stream, identical on every rank."""
+
+    def __init__(self, pool_size: int, target_size: int, seed: int):
+        self.pool_size, self.target_size = pool_size, target_size
+        self.rng = np.random.default_rng([seed, 17])
+
+    def _draw(self, population: int, size: int) -> np.ndarray:
+        return self.rng.choice(population, size=size, replace=size > population)
+
+    def train(self, size: int) -> np.ndarray:
+        return self._draw(self.pool_size, size)
+
+    def target(self, size: int) -> np.ndarray:
+        return self._draw(self.target_size, size)
+
+
+def reduce_gradients(model: torch.nn.Module) -> None:
+    """Sum gradients over ranks (each rank's loss is its share of the global loss)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    for param, reduced in zip(params, hg.all_reduce_sum([p.grad for p in params])):
+        param.grad = reduced
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    if hg.world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)

@@ -1,0 +1,195 @@
+"""The small language models around BLISS: proxy, frozen target, their losses and warm-ups.
+
+* The **proxy** is a small preset of the target's family and vocabulary (Pythia-shaped for Pythia
+  targets, LLaMA-shaped for LLaMA). Its Hessian-vector products need attention with a double
+  backward: SDPA's fused CPU/CUDA kernels have none, so the proxy uses SDPA and the bilevel step
+  runs under ``sdpa_math()`` (the math backend, exact in float64 too, unlike transformers' eager
+  attention whose softmax is float32).
+* The **frozen target** is the current checkpoint of the model being pretrained, loaded for
+  inference only: a Hugging Face directory, or a DeepSpeed checkpoint through the engine's exporter.
+* ``warmup_lm`` is a plain training loop on random pool sequences: the proxy's warm-up when none is
+  given, and the stand-in target of ``megatron-bliss select`` without ``--target-model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from megatron_bliss.data.pool import SequencePool
+from megatron_bliss.data.target_set import IGNORE_INDEX
+from megatron_bliss.models.presets import build_model, get_preset
+
+logger = logging.getLogger(__name__)
+
+# Proxy presets when ``proxy_preset: auto``: the paper's pipeline (scripts/run.sh) uses a
+# Pythia-160M-shaped proxy; LLaMA targets get the LLaMA-shaped tiny preset (the only small one).
+AUTO_PROXY = {"pythia": "pythia-160m", "llama": "llama-tiny"}
+
+
+def family_of(model: torch.nn.Module) -> str:
+    model_type = getattr(model.config, "model_type", "")
+    if model_type == "gpt_neox":
+        return "pythia"
+    if model_type == "llama":
+        return "llama"
+    raise ValueError(f"unsupported target model type '{model_type}' (expected gpt_neox or llama)")
+
+
+def resolve_proxy_preset(preset: str, target_family: str) -> str:
+    """``auto`` -> the family's default; an explicit preset must match the target's family."""
+    if preset == "auto":
+        return AUTO_PROXY[target_family]
+    if get_preset(preset).family != target_family:
+        raise ValueError(
+            f"proxy preset '{preset}' is {get_preset(preset).family}-shaped but the target is "
+            f"{target_family}: pick a {target_family} preset"
+        )
+    return preset
+
+
+def build_proxy(preset: str, vocab_size: int, max_positions: int) -> torch.nn.Module:
+    return build_model(preset, vocab_size, max_positions, attn_implementation="sdpa")
+
+
+def sdpa_math():
+    """Context: SDPA's math backend (double-backward capable) for Hessian-vector products."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def lm_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits for the inputs ``tokens[:, :-1]`` of pool sequences (length L + 1)."""
+    return model(input_ids=tokens[:, :-1]).logits
+
+
+def sequence_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token cross-entropy, shape (B,)."""
+    vocab = logits.shape[-1]
+    ce = F.cross_entropy(
+        logits.float().reshape(-1, vocab), tokens[:, 1:].reshape(-1), reduction="none"
+    )
+    return ce.view(tokens.shape[0], -1).mean(1)
+
+
+def sequence_kl(proxy_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean over positions of KL(target || proxy), summed over the vocabulary.
+
+    The authors' code computes this direction (forward KL, distillation-style); vocabularies padded
+    to different sizes are compared on their common prefix.
+    """
+    vocab = min(proxy_logits.shape[-1], target_logits.shape[-1])
+    log_proxy = F.log_softmax(proxy_logits[..., :vocab].float(), dim=-1)
+    log_target = F.log_softmax(target_logits[..., :vocab].float(), dim=-1)
+    kl = (log_target.exp() * (log_target - log_proxy)).sum(-1)
+    return kl.mean(-1)
+
+
+def target_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor):
+    """(sum of token losses, number of scored tokens) on a target-set batch (HF-aligned labels)."""
+    logits = model(input_ids=input_ids).logits[:, :-1]
+    shifted = labels[:, 1:]
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        shifted.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((shifted != IGNORE_INDEX).sum())
+
+
+def pool_batch(pool: SequencePool, indices, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(pool.batch(np.asarray(indices))).to(device)
+
+
+def warmup_lm(
+    model: torch.nn.Module,
+    pool: SequencePool,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    desc: str = "warm-up",
+) -> float:
+    """Plain AdamW training on random pool sequences (cosine LR); returns the FLOPs spent."""
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, 0.1))
+    rng = np.random.default_rng(seed)
+    loss = float("nan")
+    progress = tqdm(range(steps), desc=desc, leave=False, disable=None)
+    for _ in progress:
+        indices = rng.choice(len(pool), size=min(batch_size, len(pool)), replace=False)
+        tokens = pool_batch(pool, indices, device)
+        step_loss = sequence_ce(lm_logits(model, tokens), tokens).mean()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        loss = float(step_loss.detach())
+        progress.set_postfix(loss=f"{loss:.3f}")
+    logger.info("%s: %d steps, final loss %.4f", desc, steps, loss)
+    model.eval()
+    return 6.0 * parameter_count(model) * steps * batch_size * pool.seq_length
+
+
+def cosine_with_warmup(total_steps: int, warmup_fraction: float):
+    """LR multiplier: linear warm-up then cosine decay to 10% (both levels of BLISS use this)."""
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return multiplier
+
+
+def load_target_model(path: str | Path, device: torch.device) -> torch.nn.Module:
+    """A frozen target: a Hugging Face directory, or a DeepSpeed checkpoint via the exporter."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: target model not found")
+    if (path / "config.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    else:
+        from megatron_bliss.engine.export import load_model  # the engine's DeepSpeed reader
+
+        model = load_model(path)
+    return freeze(model.to(device))
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+@contextlib.contextmanager
+def evaluation(model: torch.nn.Module):
+    """Temporarily put ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,117 @@
+"""The BLISS score model: a transformer backbone, mean pooling, ``Linear(h, 1)``, sigmoid.
+
+One score in (0, 1) per sequence (the authors' ``GPTRegression``: average over all token positions
+of the final normed hidden states). In round 1 the backbone starts from the warm-up proxy with a
+new head; later rounds load the previous round's ``score_model/`` directory, which holds
+
+    model.safetensors   backbone + head weights
+    config.json         the backbone's transformers config
+    score_model.json    format version, sequence length, hidden size, family, tokenizer info
+    tokenizer files     when a tokenizer was given (so ``score --scorer DIR`` is self-contained)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "megatron-bliss-score-model/1"
+
+
+class ScoreModel(nn.Module):
+    def __init__(self, backbone: nn.Module, head_init_std: float = 0.02, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(1, hidden, generator=generator) * head_init_std)
+            self.head.bias.zero_()
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Scores in (0, 1), shape (B,)."""
+        return torch.sigmoid(self.logits(input_ids))
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids).last_hidden_state
+        pooled = hidden.float().mean(dim=1)
+        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1)
+
+    @classmethod
+    def from_causal_lm(cls, lm: nn.Module, head_init_std: float = 0.02, seed: int = 0):
+        """Backbone copied from a causal LM (the warm-up proxy) plus a freshly initialised head."""
+        backbone = build_backbone(lm.config)
+        backbone.load_state_dict(lm.base_model.state_dict())
+        return cls(backbone, head_init_std, seed).to(next(lm.parameters()).device)
+
+    def save(self, directory: str | Path, meta: dict[str, Any], tokenizer=None) -> None:
+        """Write the directory under a temporary name, then rename it into place."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(staging / "model.safetensors"))
+            (staging / "config.json").write_text(self.config.to_json_string())
+            payload = {"format": FORMAT, "hidden_size": self.config.hidden_size, **meta}
+            (staging / "score_model.json").write_text(json.dumps(payload, indent=2) + "\n")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(staging, directory)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+
+
+def build_backbone(config) -> nn.Module:
+    from transformers import AutoModel
+
+    config = config.__class__.from_dict(config.to_dict())
+    return AutoModel.from_config(config, attn_implementation="sdpa")
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    meta_path = directory / "score_model.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(
+            f"{meta_path}: not a score model directory (score_model.json missing)"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+    return meta
+
+
+def load_score_model(directory: str | Path, device: torch.device | str = "cpu") -> ScoreModel:
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    read_meta(directory)
+    config = AutoConfig.from_pretrained(directory)
+    model = ScoreModel(build_backbone(config))
+    state = load_file(str(directory / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{directory}/model.safetensors: weights do not match the config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model.to(device).eval()

@@ -1,0 +1,244 @@
+"""``megatron-bliss score``: score every sequence of an indexed shard with a trained score model.
+
+    megatron-bliss score --scorer RUN/score_model --data-prefix SHARD --out RUN/scores.npy
+    torchrun --nproc_per_node 8 -m megatron_bliss.cli score --scorer ... --fraction 0.2
+
+Fast path: a sequence's input tokens are one contiguous slice of the shard (sequence ``i`` reads
+tokens ``[i*L, (i+1)*L)``), so a whole batch is a single reshape of the memory map; batches of
+``--batch-size`` run under ``torch.inference_mode`` (bf16 autocast on GPU). Data-parallel over
+ranks (torchrun) or independent processes (``--rank/--world-size``): chunk ``k`` of
+``--chunk-size`` sequences belongs to rank ``k % world``. Every finished chunk is saved atomically
+under ``OUT.parts/``, so a killed run resumes where it stopped; the last step merges the chunks
+into ``scores.npy`` (and, with ``--fraction``, ``selection.npy/.json`` beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_bliss.data.pool import SequencePool
+from megatron_bliss.selection import hypergrad as hg
+from megatron_bliss.utils.io import atomic_save_npy, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def sequence_inputs(pool: SequencePool, start: int, stop: int) -> torch.Tensor:
+    """Input tokens of sequences ``[start, stop)`` as one (stop - start, L) int64 tensor."""
+    length = pool.seq_length
+    flat = np.asarray(pool.tokens[start * length : stop * length], dtype=np.int64)
+    return torch.from_numpy(flat.reshape(stop - start, length))
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def score_range(
+    model: torch.nn.Module, pool: SequencePool, start: int, stop: int, batch_size: int, device
+) -> np.ndarray:
+    """float32 scores of sequences ``[start, stop)``, batched, without autograd."""
+    device = torch.device(device)
+    out = np.empty(stop - start, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), _autocast(device):
+        for begin in range(start, stop, batch_size):
+            end = min(stop, begin + batch_size)
+            inputs = sequence_inputs(pool, begin, end).to(device, non_blocking=True)
+            out[begin - start : end - start] = model(inputs).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def score_pool(model: torch.nn.Module, pool: SequencePool, batch_size: int, device) -> np.ndarray:
+    """Scores of the whole pool; under torch.distributed each rank scores a slice, then all-reduce."""
+    world, rank = hg.world_size(), hg.rank()
+    bounds = np.linspace(0, len(pool), world + 1).astype(int)
+    start, stop = int(bounds[rank]), int(bounds[rank + 1])
+    scores = np.zeros(len(pool), dtype=np.float32)
+    scores[start:stop] = score_range(model, pool, start, stop, batch_size, device)
+    if world > 1:
+        tensor = torch.from_numpy(scores)
+        torch.distributed.all_reduce(tensor)
+        scores = tensor.numpy()
+    return scores
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _check_or_write_meta(parts: Path, meta: dict, rank: int) -> None:
+    meta_path = parts / "meta.json"
+    if meta_path.exists():
+        previous = json.loads(meta_path.read_text())
+        if previous != meta:
+            raise ValueError(
+                f"{parts}: left by a run with other settings ({previous}); delete it to start over"
+            )
+    elif rank == 0:
+        atomic_write_json(meta_path, meta)
+
+
+def score_shard(
+    scorer: str | Path,
+    data_prefix: str,
+    out: str | Path,
+    *,
+    seq_length: int | None = None,
+    batch_size: int = 64,
+    chunk_size: int = 4096,
+    device: str | torch.device | None = None,
+    rank: int | None = None,
+    world: int | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> np.ndarray | None:
+    """Score a shard into ``out``; returns the scores on the merging rank, else None."""
+    from tqdm.auto import tqdm
+
+    from megatron_bliss.selection.score_model import load_score_model, read_meta
+
+    rank = hg.rank() if rank is None else rank
+    world = hg.world_size() if world is None else world
+    device = torch.device(device or default_device())
+    scorer, out = Path(scorer), Path(out)
+    meta = read_meta(scorer)
+    seq_length = int(seq_length or meta["seq_length"])
+    pool = SequencePool(data_prefix, seq_length)
+    model = load_score_model(scorer, device)
+    parts = _parts_dir(out)
+    parts.mkdir(parents=True, exist_ok=True)
+    run_meta = {
+        "scorer": file_digest(scorer / "model.safetensors"),
+        "data_prefix": str(data_prefix),
+        "seq_length": seq_length,
+        "num_sequences": len(pool),
+        "chunk_size": chunk_size,
+    }
+    _check_or_write_meta(parts, run_meta, rank)
+    chunks = range(0, max(1, -(-len(pool) // chunk_size)))
+    mine = [k for k in chunks if k % world == rank and not (parts / f"chunk_{k:06d}.npy").exists()]
+    done = len([k for k in chunks if k % world == rank]) - len(mine)
+    if done:
+        logger.info("resuming: %d of this rank's chunks already scored", done)
+    progress = tqdm(total=sum(_chunk_len(k, chunk_size, len(pool)) for k in mine), unit="seq",
+                    desc="scoring", disable=rank != 0 or None)  # fmt: skip
+    start_time = time.perf_counter()
+    for k in mine:
+        begin, end = k * chunk_size, min(len(pool), (k + 1) * chunk_size)
+        atomic_save_npy(
+            parts / f"chunk_{k:06d}.npy", score_range(model, pool, begin, end, batch_size, device)
+        )
+        progress.update(end - begin)
+        if on_chunk is not None:
+            on_chunk(k)
+    progress.close()
+    elapsed = time.perf_counter() - start_time
+    scored = sum(_chunk_len(k, chunk_size, len(pool)) for k in mine)
+    if scored:
+        logger.info(
+            "scored %d sequences in %.1fs (%.1f sequences/s)", scored, elapsed, scored / elapsed
+        )
+    if hg.world_size() > 1:
+        torch.distributed.barrier()
+        if rank != 0:
+            return None
+    return _merge(parts, out, chunks)
+
+
+def _chunk_len(k: int, chunk_size: int, total: int) -> int:
+    return max(0, min(total, (k + 1) * chunk_size) - k * chunk_size)
+
+
+def _merge(parts: Path, out: Path, chunks: range) -> np.ndarray | None:
+    """Concatenate the chunks once all exist (independent processes: the last one merges)."""
+    paths = [parts / f"chunk_{k:06d}.npy" for k in chunks]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        logger.info("%d chunks still missing (other processes): not merging yet", len(missing))
+        return None
+    scores = np.concatenate([np.load(p) for p in paths]).astype(np.float32)
+    atomic_save_npy(out, scores)
+    shutil.rmtree(parts, ignore_errors=True)
+    return scores
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def init_distributed_from_env() -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.distributed.init_process_group(backend)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scorer", required=True, help="score_model/ directory")
+    parser.add_argument("--data-prefix", required=True, help="indexed shard (no extension)")
+    parser.add_argument("--out", required=True, help="output scores.npy")
+    parser.add_argument("--seq-length", type=int, default=None, help="default: the scorer's")
+    parser.add_argument("--fraction", type=float, default=None, help="also write the selection")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gumbel-temperature", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--chunk-size", type=int, default=4096, help="sequences per resumable chunk"
+    )
+    parser.add_argument(
+        "--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu"
+    )
+    parser.add_argument("--rank", type=int, default=None, help="process index without torchrun")
+    parser.add_argument("--world-size", type=int, default=None, help="processes without torchrun")
+
+
+def run(args: argparse.Namespace) -> int:
+    from megatron_bliss.selection.rule import write_selection
+    from megatron_bliss.selection.score_model import read_meta
+
+    init_distributed_from_env()
+    scores = score_shard(
+        args.scorer, args.data_prefix, args.out, seq_length=args.seq_length,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device,
+        rank=args.rank, world=args.world_size,
+    )  # fmt: skip
+    if scores is None:
+        return 0
+    if args.fraction is not None:
+        seq_length = args.seq_length or int(read_meta(args.scorer)["seq_length"])
+        write_selection(
+            Path(args.out).parent, scores, method=read_meta(args.scorer).get("method", "bliss"),
+            fraction=args.fraction, data_prefix=args.data_prefix, seq_length=seq_length,
+            seed=args.seed, gumbel_temperature=args.gumbel_temperature,
+        )  # fmt: skip
+        if Path(args.out).name != "scores.npy":
+            atomic_save_npy(Path(args.out), scores)
+    logger.info("wrote %s (%d scores)", args.out, len(scores))
+    return 0
