@@ -74,12 +74,57 @@ def _open_text(path: Path):
     if name.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="\n")
     if name.endswith(".zst"):
+        return io.TextIOWrapper(io.BufferedReader(ZstdReader(path)), encoding="utf-8", newline="\n")
+    return open(path, encoding="utf-8", newline="\n")
+
+
+class ZstdReader(io.RawIOBase):
+    """Streams a (multi-frame) ``.zst`` file and, unlike ``stream_reader``, fails on truncation."""
+
+    def __init__(self, path: Path, chunk_size: int = 1 << 20):
         import zstandard
 
-        raw = open(path, "rb")  # noqa: SIM115 (closed by the wrapper: closefd)
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return io.TextIOWrapper(io.BufferedReader(stream), encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
+        self._zstd = zstandard
+        self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
+        self._chunk_size = chunk_size
+        self._decoder = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+        self._offset = 0  # bytes of _pending already returned
+        self._started = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _refill(self) -> bool:
+        """Decode more bytes into ``_pending``; False at a clean end of file."""
+        while self._offset >= len(self._pending):
+            self._pending, self._offset = b"", 0
+            compressed = self._file.read(self._chunk_size)
+            if not compressed:
+                if self._started and not self._decoder.eof:
+                    raise self._zstd.ZstdError("truncated zstd frame")
+                return False
+            pieces = []
+            while compressed:
+                if self._decoder.eof:  # next frame
+                    self._decoder = self._zstd.ZstdDecompressor().decompressobj()
+                self._started = True
+                pieces.append(self._decoder.decompress(compressed))
+                compressed = self._decoder.unused_data if self._decoder.eof else b""
+            self._pending = b"".join(pieces)
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._refill():
+            return 0
+        size = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:size] = memoryview(self._pending)[self._offset : self._offset + size]
+        self._offset += size
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _archive_errors() -> tuple[type[BaseException], ...]:
