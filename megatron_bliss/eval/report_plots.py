@@ -20,9 +20,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
@@ -71,11 +71,15 @@ def plot_accuracy(runs: list[RunData], tasks: list[str], path: Path) -> Path:
         ax.set_xlabel("round", fontsize=8)
         ax.set_xticks(sorted({r.index for run in runs for r in run.rounds}))
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(tasks) :]:
+    spare = list(axes.flat)[len(tasks) :]
+    for ax in spare:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8)
-    return _save(fig, path)
+    if spare:  # the legend goes into an empty panel, where it hides no bar
+        spare[0].legend(handles, labels, loc="center", fontsize=9, title="run")
+        return _save(fig, path)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    return _save(fig, path, rect=(0, 0.06, 1, 1))
 
 
 def plot_score_histograms(run: RunData, path: Path) -> Path | None:
@@ -109,7 +113,7 @@ def plot_speedup(curves: dict[str, AccuracyCurve], target: float | None, path: P
             by_flops.plot(curve.flops, curve.accuracy, "o-", color=color, label=label)
     for ax, xlabel in (
         (by_tokens, "target-model training tokens"),
-        (by_flops, "FLOPs (target training + selection training + scoring)"),
+        (by_flops, "FLOPs\n(target training + selection training + scoring)"),
     ):
         if target is not None:
             ax.axhline(target, color="grey", ls=":", label="target (random's best)")

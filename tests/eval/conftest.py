@@ -184,3 +184,108 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+SEQ_LENGTH = 32
+ROUND_STEPS = 20
+TOKENS_PER_STEP = 1024
+
+
+def _round_metrics(round_index: int, quality: float) -> list[dict]:
+    """A fresh training stage per round: consumed_tokens restart at zero."""
+    records = []
+    for step in range(1, ROUND_STEPS + 1):
+        progress = round_index * ROUND_STEPS + step
+        loss = 6.0 * (1 + progress) ** (-0.15 * quality)
+        records.append(
+            {
+                "step": step,
+                "loss": loss,
+                "lr": 1e-3,
+                "tokens_per_second": 5000.0,
+                "consumed_tokens": step * TOKENS_PER_STEP,
+            }
+        )
+        if step % 10 == 0:
+            records.append({"step": step, "val_loss": loss + 0.2})
+    return records
+
+
+def _round_eval(round_index: int, quality: float, task_files: dict[str, str]) -> dict:
+    from megatron_bliss.eval.task_specs import HEADLINE_TASKS
+
+    results = {}
+    for offset, task in enumerate(t for t in HEADLINE_TASKS if t != "logiqa"):
+        value = min(0.95, 0.25 + 0.01 * offset + 0.04 * round_index * quality)
+        results[task] = {"acc": value - 0.01, "acc_stderr": 0.01, "acc_norm": value}
+        results[task].update(acc_norm_stderr=0.01, split="test", num_docs=50)
+        if task in ("winogrande", "boolq"):
+            results[task]["acc"] = value
+        if task in task_files:
+            results[task]["data_file"] = task_files[task]
+    results["lambada_openai"] = {"acc": 0.1 * round_index * quality, "perplexity": 900.0}
+    results["lambada_openai"].update(split="test", num_docs=50, is_target_set=True)
+    return results
+
+
+def make_pipeline_run(
+    root: Path, method: str, quality: float, shard: str, tokenizer_dir, target_path, task_files
+):
+    """A pipeline run directory as CONTRACT.md describes it: warm-up round plus two rounds."""
+    import numpy as np
+
+    from megatron_bliss.data.pool import SequencePool
+    from megatron_bliss.selection.rule import write_selection
+
+    run = root / method
+    num_sequences = len(SequencePool(shard, SEQ_LENGTH))
+    rounds = []
+    for index in range(3):
+        folder = run / f"round_{index}"
+        (folder / "checkpoints").mkdir(parents=True)
+        _write_jsonl(folder / "metrics.jsonl", _round_metrics(index, quality))
+        (folder / "eval.json").write_text(json.dumps(_round_eval(index, quality, task_files)))
+        flops = {"target_training": 6e9 * (index + 1), "selection_training": 0.0, "scoring": 0.0}
+        if index >= 1:
+            scores = np.random.default_rng(index + 10 * int(quality)).normal(size=num_sequences)
+            if method == "bliss":
+                flops.update(selection_training=2e9, scoring=1e9)
+            write_selection(
+                folder,
+                scores,
+                method=method,
+                fraction=0.2,
+                data_prefix=shard,
+                seq_length=SEQ_LENGTH,
+            )
+            (folder / "score_model").mkdir()
+        tokens = (index + 1) * ROUND_STEPS * TOKENS_PER_STEP
+        rounds.append(
+            {
+                "round": index,
+                "dir": folder.name,
+                "data_prefix": shard,
+                "tokens": tokens,
+                "flops": flops,
+            }
+        )
+    pipeline = {
+        "method": method,
+        "target_set": {"path": str(target_path), "format": "documents", "task": "lambada_openai"},
+        "rounds": rounds,
+        "tokenizer": str(tokenizer_dir),
+    }
+    (run / "pipeline.json").write_text(json.dumps(pipeline))
+    return run
+
+
+@pytest.fixture
+def synthetic_runs(tmp_path, tiny_shard, tokenizer_dir, corpus_texts, tiny_task_data):
+    """Two pipeline runs, "bliss" (learns faster) and "random", over the same tiny shard."""
+    target = _write_jsonl(tmp_path / "target.jsonl", [{"text": t} for t in corpus_texts[:5]])
+    task_files = {"piqa": str(tiny_task_data / "piqa/validation.jsonl")}
+    runs_root = tmp_path / "runs"
+    return [
+        make_pipeline_run(runs_root, method, quality, tiny_shard, tokenizer_dir, target, task_files)
+        for method, quality in (("bliss", 2.0), ("random", 1.0))
+    ]
