@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +73,61 @@ def _load_json_file(path: Path):
     return tokenizer
 
 
+class SentencePieceTokenizer:
+    """A sentencepiece ``*.model`` behind the slice of the Hugging Face API the project uses.
+
+    Encoding goes through the sentencepiece library itself: the HF Llama conversion of a
+    sentencepiece BPE model merges differently on some inputs, so it is not "the tokenizer's own
+    ids". ``save_pretrained`` still writes a directory ``AutoTokenizer`` loads (the conversion).
+    """
+
+    is_fast = False
+
+    def __init__(self, model_file: str | Path):
+        import sentencepiece
+
+        self.model_file = str(model_file)
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=self.model_file)
+        self.bos_token_id = self._special(self.sp.bos_id())
+        self.eos_token_id = self._special(self.sp.eos_id())
+        self.pad_token_id = self._special(self.sp.pad_id())
+        self.unk_token_id = self._special(self.sp.unk_id())
+        self.bos_token = self._piece(self.bos_token_id)
+        self.eos_token = self._piece(self.eos_token_id)
+        self.pad_token = self._piece(self.pad_token_id)
+
+    @staticmethod
+    def _special(value: int) -> int | None:
+        return value if value >= 0 else None
+
+    def _piece(self, token_id: int | None) -> str | None:
+        return None if token_id is None else self.sp.id_to_piece(token_id)
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def get_vocab(self) -> dict[str, int]:
+        return {self.sp.id_to_piece(i): i for i in range(len(self))}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = self.sp.encode(text)
+        return [self.bos_token_id, *ids] if add_special_tokens and self.bos_token_id else ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, num_threads=1)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        transformers = _quiet_transformers()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.model_file, Path(folder) / "tokenizer.model")
+        transformers.LlamaTokenizer.from_pretrained(folder).save_pretrained(folder)
+
+
 def _load_sentencepiece(path: Path):
-    transformers = _quiet_transformers()
-    with tempfile.TemporaryDirectory() as folder:
-        shutil.copy(path, Path(folder) / "tokenizer.model")
-        return transformers.LlamaTokenizer.from_pretrained(folder)
+    return SentencePieceTokenizer(path)
 
 
 def _load_gpt2_bpe(vocab_file: str | None, merge_file: str | None):
@@ -87,8 +136,18 @@ def _load_gpt2_bpe(vocab_file: str | None, merge_file: str | None):
     for path in (vocab_file, merge_file):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: tokenizer file not found")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
     transformers = _quiet_transformers()
-    return transformers.GPT2TokenizerFast(vocab_file=vocab_file, merges_file=merge_file)
+    # GPT-2's byte-level BPE, built directly (GPT2TokenizerFast(vocab_file=...) in transformers 5
+    # silently ignores the files).
+    backend = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend)
+    _set_default_eos(tokenizer)
+    return tokenizer
 
 
 def _load(spec: TokenizerSpec):
@@ -159,6 +218,8 @@ def tokenizer_hash(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         digest.update(backend.to_str().encode())
+    elif isinstance(tokenizer, SentencePieceTokenizer):
+        digest.update(Path(tokenizer.model_file).read_bytes())
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(json.dumps([tokenizer.eos_token, tokenizer.bos_token, len(tokenizer)]).encode())
@@ -179,7 +240,9 @@ class DocumentEncoder:
         self.suffix = [eod_id] if append_eod else []
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        if self.backend is not None:
+        if isinstance(self.tokenizer, SentencePieceTokenizer):
+            ids = self.tokenizer.encode_batch(texts)
+        elif self.backend is not None:
             encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
             ids = [encoding.ids for encoding in encodings]
         else:

@@ -204,7 +204,7 @@ def test_real_c4_with_pythia_tokenizer(shared_data, tmp_path):
 
     preprocess(source, tmp_path / "c4", None, spec=TokenizerSpec(str(spec)), workers=2)
     tokenizer = load_tokenizer(str(spec))
-    texts = [json.loads(line)["text"] for line in open(source)][:300]
+    texts = [json.loads(line)["text"] for line in source.read_text().splitlines()][:300]
     read_back = documents_of(tmp_path / "c4_text_document")
     for text, document in zip(texts, read_back):
         assert list(document) == tokenizer.encode(text) + [0]
