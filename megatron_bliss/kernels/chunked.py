@@ -7,7 +7,9 @@ the gradient of the loss w.r.t. the logits, and immediately folds that gradient 
 ``grad_hidden`` / ``grad_weight`` / ``grad_bias``. Only one chunk of logits ever exists.
 
 A head is any callable ``head(logits, start, end, row_scale) -> loss_rows``:
-``logits`` is a fresh ``[n, V]`` chunk in the accumulation dtype for rows ``start:end``; when
+``logits`` is a fresh ``[n, V]`` chunk for rows ``start:end``, in the accumulation dtype (fp32
+for bf16 inputs) unless the head's optional ``keeps_dtype(hidden)`` says it works on half
+logits directly (the Triton kernels do: they upcast in registers, as Liger does); when
 ``row_scale`` (``[n]``) is given, the head must overwrite ``logits`` with
 ``row_scale[:, None] * d loss_row / d logits``. Heads must give zero loss and zero gradient to
 rows they consider invalid (ignored labels, masked positions).
@@ -86,11 +88,34 @@ def check_linear_shapes(hidden: torch.Tensor, weight: torch.Tensor, bias, what: 
 
 
 def chunk_logits(hidden_chunk, weight, bias, acc_dtype) -> torch.Tensor:
-    """One chunk of logits in the accumulation dtype (a fresh tensor the head may overwrite)."""
+    """One chunk of logits in ``acc_dtype`` (a fresh tensor the head may overwrite)."""
     logits = hidden_chunk @ weight.T
     if bias is not None:
         logits = logits + bias
     return logits.to(acc_dtype) if logits.dtype != acc_dtype else logits
+
+
+_MIXED_ADDMM_WORKS: dict[str, bool] = {}
+
+
+def accumulate_matmul(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``out += left @ right`` with ``out`` possibly wider (fp32) than the half inputs.
+
+    On CUDA, ``addmm(..., out_dtype=fp32)`` accumulates straight into the fp32 buffer; elsewhere
+    (or on torch builds without it) the half product is made first and then added.
+    """
+    if out.dtype == left.dtype:
+        out.addmm_(left, right)
+        return
+    key = out.device.type
+    if _MIXED_ADDMM_WORKS.get(key, out.is_cuda):
+        try:
+            torch.addmm(out, left, right, out_dtype=out.dtype, out=out)
+            _MIXED_ADDMM_WORKS[key] = True
+            return
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MIXED_ADDMM_WORKS[key] = False
+    out += (left @ right).to(out.dtype)
 
 
 def linear_pass(
@@ -114,10 +139,12 @@ def linear_pass(
     grad_hidden = torch.empty_like(hidden) if want_h else None
     grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
     grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if want_b else None
+    keeps_dtype = getattr(head, "keeps_dtype", None)
+    logits_dtype = hidden.dtype if keeps_dtype and keeps_dtype(hidden) else acc
     for start in range(0, num_rows, chunk_rows):
         end = min(num_rows, start + chunk_rows)
         hidden_chunk = hidden[start:end]
-        logits = chunk_logits(hidden_chunk, weight, bias, acc)
+        logits = chunk_logits(hidden_chunk, weight, bias, logits_dtype)
         scale = None if row_scale is None else row_scale[start:end].to(acc)
         losses[start:end] = head(logits, start, end, scale)
         if scale is None:
@@ -126,9 +153,9 @@ def linear_pass(
         if grad_hidden is not None:
             grad_hidden[start:end] = grad_logits @ weight
         if grad_weight is not None:
-            grad_weight += (grad_logits.T @ hidden_chunk).to(acc)
+            accumulate_matmul(grad_weight, grad_logits.T, hidden_chunk)
         if grad_bias is not None:
-            grad_bias += logits.sum(0)
+            grad_bias += logits.sum(0, dtype=acc)
     return losses, grad_hidden, grad_weight, grad_bias
 
 

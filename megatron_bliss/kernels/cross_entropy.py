@@ -64,9 +64,13 @@ class CrossEntropyHead:
         self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
 
+    def keeps_dtype(self, hidden: torch.Tensor) -> bool:
+        """The Triton kernel reads half logits and writes half gradients (fp32 math inside)."""
+        return triton_usable(hidden)
+
     def __call__(self, logits, start, end, row_scale):
         labels = self.labels[start:end]
-        if logits.dtype == torch.float32 and triton_usable(logits):
+        if triton_usable(logits):
             return triton_cross_entropy_rows(
                 logits, labels, row_scale, self.ignore_index, self.label_smoothing
             )

@@ -46,11 +46,17 @@ def torch_kl_rows(
 
 
 def kl_rows(proxy_logits, target_logits, valid, row_scale) -> torch.Tensor:
-    """Dispatch one chunk to the Triton kernel (CUDA, fp32) or the torch row function."""
-    if proxy_logits.dtype == torch.float32 and triton_usable(proxy_logits):
-        target = target_logits.to(torch.float32).contiguous()
-        return triton_kl_rows(proxy_logits, target, valid, row_scale)
-    return torch_kl_rows(proxy_logits, target_logits.to(proxy_logits.dtype), valid, row_scale)
+    """Dispatch one chunk to the Triton kernel (CUDA) or the torch row function (fp32 losses)."""
+    if triton_usable(proxy_logits) and triton_usable(target_logits):
+        return triton_kl_rows(proxy_logits, target_logits.contiguous(), valid, row_scale)
+    acc = chunked.accumulation_dtype(proxy_logits.dtype)
+    if proxy_logits.dtype != acc:  # half logits handed to a torch path: compute in fp32
+        chunk = proxy_logits.to(acc)
+        losses = torch_kl_rows(chunk, target_logits.to(acc), valid, row_scale)
+        if row_scale is not None:
+            proxy_logits.copy_(chunk)
+        return losses
+    return torch_kl_rows(proxy_logits, target_logits.to(acc), valid, row_scale)
 
 
 class KLHead:
@@ -65,20 +71,25 @@ class KLHead:
         self.target_weight = target_weight
         self.target_bias = target_bias
 
-    def target_chunk(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+    def keeps_dtype(self, hidden: torch.Tensor) -> bool:
+        """The Triton kernel reads half logits and writes half gradients (fp32 math inside)."""
+        return triton_usable(hidden)
+
+    def target_chunk(self, start: int, end: int) -> torch.Tensor:
+        """Target logits of rows start:end in their own dtype, without gradient."""
         if self.target_logits is not None:
-            return self.target_logits[start:end].detach().to(dtype)
+            return self.target_logits[start:end].detach()
         with torch.no_grad():
+            weight = self.target_weight.detach()
             return chunked.chunk_logits(
                 self.target_hidden[start:end].detach(),
-                self.target_weight.detach(),
+                weight,
                 None if self.target_bias is None else self.target_bias.detach(),
-                dtype,
+                weight.dtype,
             )
 
     def __call__(self, logits, start, end, row_scale):
-        target = self.target_chunk(start, end, logits.dtype)
-        return kl_rows(logits, target, self.valid[start:end], row_scale)
+        return kl_rows(logits, self.target_chunk(start, end), self.valid[start:end], row_scale)
 
 
 class ChunkedLogitsKL(torch.autograd.Function):

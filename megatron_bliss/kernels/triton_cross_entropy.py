@@ -29,9 +29,17 @@ BLOCK_SIZE = 4096
 DISABLE_ENV = "MEGATRON_BLISS_DISABLE_TRITON"
 
 
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def triton_usable(tensor: torch.Tensor) -> bool:
-    """True when the Triton kernels should run on ``tensor`` (CUDA, triton importable, not disabled)."""
+    """True when the Triton kernels should run on ``tensor`` (CUDA, triton importable, not disabled).
+
+    fp64 stays on the torch path (the kernels compute in fp32).
+    """
     if not HAS_TRITON or os.environ.get(DISABLE_ENV, "0") == "1":
+        return False
+    if tensor.dtype not in KERNEL_DTYPES:
         return False
     return tensor.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -97,7 +105,8 @@ def triton_cross_entropy_rows(
     ignore_index: int,
     label_smoothing: float,
 ) -> torch.Tensor:
-    """Same contract as the torch row head: per-row loss; logits overwritten when row_scale given."""
+    """Same contract as the torch row head: per-row fp32 loss; logits (fp32 or half) are
+    overwritten with the scaled gradient when row_scale is given."""
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed; use the torch cross-entropy path")
     if logits.stride(1) != 1:
@@ -120,4 +129,4 @@ def triton_cross_entropy_rows(
         BLOCK=min(BLOCK_SIZE, triton.next_power_of_2(num_cols)),
         num_warps=8,
     )
-    return losses.to(logits.dtype)
+    return losses
