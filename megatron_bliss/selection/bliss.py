@@ -101,8 +101,12 @@ class BlissSelector(Selector):
         score_batch_size: int = 64
         """Sequences per forward pass when scoring the pool."""
         log_interval: int = 10
+        dtype: str = "float32"
+        """Proxy/score-model precision for the bilevel loop (float64: exact tests)."""
 
         def __post_init__(self):
+            if self.dtype not in ("float32", "float64"):
+                raise ValueError(f"dtype '{self.dtype}' is not float32 or float64")
             if self.solver not in SOLVERS:
                 raise ValueError(f"solver '{self.solver}' is not one of {', '.join(SOLVERS)}")
             for name in ("outer_steps", "batch_size", "target_batch_size"):
@@ -185,8 +189,11 @@ class BlissSelector(Selector):
         for name in ("batch_size", "target_batch_size"):
             if getattr(self.config, name) % world:
                 raise ValueError(f"bliss.{name} must be divisible by the {world} ranks")
-        warm_proxy = self.prepare_proxy()
-        self.score_model = self.prepare_score_model(warm_proxy)
+        dtype = getattr(torch, self.config.dtype)
+        if self.context.target_model is not None:
+            self.context.target_model.to(dtype)
+        warm_proxy = self.prepare_proxy().to(dtype)
+        self.score_model = self.prepare_score_model(warm_proxy).to(dtype)
         self.proxy = copy.deepcopy(warm_proxy).train()
         del warm_proxy
         self._train()
@@ -275,7 +282,7 @@ class BlissSelector(Selector):
         self.flops += (
             6.0 * parameter_count(self.proxy) * tokens.numel() * (1 + (self.config.gamma > 0) / 3)
         )
-        return float(loss)
+        return float(loss.detach())
 
     def _target_gradient(self, indices: np.ndarray) -> tuple[list[torch.Tensor], float]:
         input_ids, labels = self.context.target_set.batch(self._local(indices))

@@ -75,11 +75,16 @@ def lm_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(input_ids=tokens[:, :-1]).logits
 
 
+def upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits to float32 for losses; float32/float64 stay as they are."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def sequence_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-sequence mean next-token cross-entropy, shape (B,)."""
     vocab = logits.shape[-1]
     ce = F.cross_entropy(
-        logits.float().reshape(-1, vocab), tokens[:, 1:].reshape(-1), reduction="none"
+        upcast(logits).reshape(-1, vocab), tokens[:, 1:].reshape(-1), reduction="none"
     )
     return ce.view(tokens.shape[0], -1).mean(1)
 
@@ -91,8 +96,8 @@ def sequence_kl(proxy_logits: torch.Tensor, target_logits: torch.Tensor) -> torc
     to different sizes are compared on their common prefix.
     """
     vocab = min(proxy_logits.shape[-1], target_logits.shape[-1])
-    log_proxy = F.log_softmax(proxy_logits[..., :vocab].float(), dim=-1)
-    log_target = F.log_softmax(target_logits[..., :vocab].float(), dim=-1)
+    log_proxy = F.log_softmax(upcast(proxy_logits[..., :vocab]), dim=-1)
+    log_target = F.log_softmax(upcast(target_logits[..., :vocab]), dim=-1)
     kl = (log_target.exp() * (log_target - log_proxy)).sum(-1)
     return kl.mean(-1)
 
@@ -102,7 +107,7 @@ def target_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: tor
     logits = model(input_ids=input_ids).logits[:, :-1]
     shifted = labels[:, 1:]
     loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
+        upcast(logits).reshape(-1, logits.shape[-1]),
         shifted.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",

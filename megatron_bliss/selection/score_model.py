@@ -46,15 +46,16 @@ class ScoreModel(nn.Module):
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids).last_hidden_state
-        pooled = hidden.float().mean(dim=1)
-        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1)
+        pooled = hidden.to(self.head.weight.dtype).mean(dim=1)
+        return self.head(pooled).squeeze(-1)
 
     @classmethod
     def from_causal_lm(cls, lm: nn.Module, head_init_std: float = 0.02, seed: int = 0):
         """Backbone copied from a causal LM (the warm-up proxy) plus a freshly initialised head."""
-        backbone = build_backbone(lm.config)
+        backbone = build_backbone(lm.config).to(next(lm.parameters()).dtype)
         backbone.load_state_dict(lm.base_model.state_dict())
-        return cls(backbone, head_init_std, seed).to(next(lm.parameters()).device)
+        reference = next(lm.parameters())
+        return cls(backbone, head_init_std, seed).to(reference.device, reference.dtype)
 
     def save(self, directory: str | Path, meta: dict[str, Any], tokenizer=None) -> None:
         """Write the directory under a temporary name, then rename it into place."""

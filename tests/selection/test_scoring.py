@@ -1,0 +1,103 @@
+"""Shard scoring: equal to a plain loop, resumable after a kill, refuses foreign leftovers; the rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_bliss.selection.rule import select_top_fraction
+from megatron_bliss.selection.score_model import ScoreModel, load_score_model
+from megatron_bliss.selection.scoring import score_shard
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def scorer_dir(tmp_path_factory, tokenizer):
+    from megatron_bliss.models.presets import build_model
+
+    torch.manual_seed(0)
+    lm = build_model("pythia-tiny", 512, 64)
+    model = ScoreModel.from_causal_lm(lm, head_init_std=0.5, seed=1)
+    path = tmp_path_factory.mktemp("scorer") / "score_model"
+    model.save(path, {"method": "bliss", "seq_length": 16}, tokenizer=tokenizer)
+    return path
+
+
+def plain_loop_scores(scorer_dir, shard, seq_length=16):
+    """The research-script loop: micro-batches of 4 pool sequences under no_grad."""
+    from megatron_bliss.data.pool import SequencePool
+
+    model = load_score_model(scorer_dir)
+    pool = SequencePool(shard, seq_length)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(pool), 4):
+            batch = torch.from_numpy(pool.batch(range(start, min(len(pool), start + 4))))
+            out.append(model(batch[:, :-1]).numpy())
+    return np.concatenate(out)
+
+
+def test_scores_match_plain_loop(scorer_dir, tiny_shard, tmp_path):
+    scores = score_shard(scorer_dir, tiny_shard, tmp_path / "scores.npy", batch_size=32)
+    np.testing.assert_allclose(scores, plain_loop_scores(scorer_dir, tiny_shard), rtol=1e-5)
+    assert scores.std() > 0
+    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), scores)
+
+
+def test_resume_after_kill_scores_only_missing_chunks(scorer_dir, tiny_shard, tmp_path):
+    out = tmp_path / "scores.npy"
+
+    def kill_after_two(chunk):
+        if chunk == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        score_shard(scorer_dir, tiny_shard, out, chunk_size=50, on_chunk=kill_after_two)
+    assert not out.exists()
+    parts = sorted(p.name for p in (tmp_path / "scores.npy.parts").glob("chunk_*.npy"))
+    assert parts == ["chunk_000000.npy", "chunk_000001.npy"]
+    resumed = []
+    scores = score_shard(scorer_dir, tiny_shard, out, chunk_size=50, on_chunk=resumed.append)
+    assert resumed and resumed[0] == 2  # chunks 0 and 1 were not scored again
+    np.testing.assert_allclose(scores, plain_loop_scores(scorer_dir, tiny_shard), rtol=1e-5)
+    assert not (tmp_path / "scores.npy.parts").exists()
+
+
+def test_two_processes_split_chunks_and_last_one_merges(scorer_dir, tiny_shard, tmp_path):
+    out = tmp_path / "scores.npy"
+    first = score_shard(scorer_dir, tiny_shard, out, chunk_size=40, rank=1, world=2)
+    assert first is None and not out.exists()
+    merged = score_shard(scorer_dir, tiny_shard, out, chunk_size=40, rank=0, world=2)
+    np.testing.assert_allclose(merged, plain_loop_scores(scorer_dir, tiny_shard), rtol=1e-5)
+
+
+def test_leftovers_from_other_settings_are_refused(scorer_dir, tiny_shard, tmp_path):
+    out = tmp_path / "scores.npy"
+    with pytest.raises(Killed):
+        score_shard(scorer_dir, tiny_shard, out, chunk_size=50, on_chunk=_raise)
+    with pytest.raises(ValueError, match="other settings"):
+        score_shard(scorer_dir, tiny_shard, out, chunk_size=60)
+
+
+def _raise(_chunk):
+    raise Killed
+
+
+def test_not_a_scorer_directory(tmp_path, tiny_shard):
+    with pytest.raises(FileNotFoundError, match=r"score_model\.json"):
+        score_shard(tmp_path, tiny_shard, tmp_path / "s.npy")
+
+
+def test_rule_ties_go_to_lower_index_and_gumbel_is_seeded():
+    scores = np.array([1.0, 3.0, 3.0, 0.5, 3.0, 2.0], dtype=np.float32)
+    np.testing.assert_array_equal(select_top_fraction(scores, 0.34), [1, 2])
+    np.testing.assert_array_equal(select_top_fraction(scores, 0.5), [1, 2, 4])
+    a = select_top_fraction(scores, 0.5, seed=3, gumbel_temperature=5.0)
+    b = select_top_fraction(scores, 0.5, seed=3, gumbel_temperature=5.0)
+    np.testing.assert_array_equal(a, b)
+    draws = {tuple(select_top_fraction(scores, 0.5, s, 5.0)) for s in range(20)}
+    assert len(draws) > 1
