@@ -1,0 +1,26 @@
+"""``megatron-bliss pipeline --config CFG.yaml [key=value ...]``: the multi-round loop.
+
+    megatron-bliss pipeline --config configs/pipeline_tiny_cpu.yaml
+    megatron-bliss pipeline --config configs/pipeline_pythia_1b.yaml run_dir=runs/bliss_1b
+
+Rerunning the same command resumes: finished stages are skipped, a killed stage continues from its
+own checkpoints, and a stage made by a different config stops the run with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from megatron_bliss.pipeline.config import load_pipeline_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="pipeline YAML")
+    parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
+
+
+def run(args: argparse.Namespace) -> int:
+    from megatron_bliss.pipeline.runner import run_pipeline
+
+    run_pipeline(load_pipeline_config(args.config, args.overrides))
+    return 0

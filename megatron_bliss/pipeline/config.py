@@ -1,0 +1,113 @@
+"""The pipeline's typed configuration (``megatron-bliss pipeline --config CFG.yaml``).
+
+``pretrain`` and ``select`` hold the sections of the engine's ``PretrainConfig`` and the selector's
+``SelectConfig``; the pipeline fills the per-stage fields itself (run directories, data, steps,
+learning-rate multiplier, sequence length, seed), so one value never lives in two places.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from megatron_bliss.config import ConfigError, load_config
+from megatron_bliss.pipeline.prepare import PrepareSection
+
+PAPER_TASKS = [
+    "sciq",
+    "arc_easy",
+    "arc_challenge",
+    "logiqa",
+    "openbookqa",
+    "boolq",
+    "hellaswag",
+    "piqa",
+    "winogrande",
+]
+
+
+@dataclass
+class EvalSection:
+    enabled: bool = True
+    tasks: list[str] = field(default_factory=lambda: [*PAPER_TASKS, "lambada_openai"])
+    """lm-eval task names; tasks whose data cannot be reached are skipped with a message."""
+    task_data: str | None = "auto"
+    """Local task files (layout of ../shared/data/eval); ``auto``: that folder when present."""
+    ppl_data: str | None = None
+    """Held-out documents (jsonl) for the ``c4_ppl`` perplexity task."""
+    limit: int | None = None
+    """Documents per task (quick runs); none: all."""
+    batch_size: int = 8
+    device: str | None = None
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/pipeline"
+    method: str = "bliss"
+    """A selection method of ``megatron_bliss.selection.registry`` (bliss, random, mates, ...)."""
+    shards: list[str] = field(default_factory=list)
+    """Indexed shard prefixes: shard 0 for the warm-up, shard r for round r."""
+    num_rounds: int | None = None
+    """Selection rounds; default: one per shard after the first."""
+    prepare: PrepareSection = field(default_factory=PrepareSection)
+    """Make the shards (and a tokenizer) from a raw corpus first, instead of naming ``shards``."""
+    tokenizer: str | None = None
+    seq_length: int = 128
+    seed: int = 1234
+    target_data: str | None = None
+    """Target set of the selector (jsonl): LAMBADA at paper scale, held-out C4 for tiny runs."""
+    target_format: str = "documents"
+    target_set_task: str | None = None
+    """The lm-eval task that is also the target set (e.g. lambada_openai), marked in reports."""
+    warmup_steps: int = 20
+    """Target optimizer steps of the warm-up (round 0) on a random subset of shard 0."""
+    warmup_fraction: float = 0.2
+    round_steps: int = 10
+    """Target optimizer steps per selection round."""
+    fraction: float = 0.2
+    """Fraction of each round's shard kept by the selector."""
+    lr_round_factor: float = 0.5
+    """Learning-rate multiplier of round r is lr_round_factor ** r (BLISS halves it per round)."""
+    decay_steps: int = 0
+    """When > 0, each round's checkpoint gets a separate decay run of this many steps, which is
+    what gets evaluated (the paper's 200-step decay); training continues from the undecayed one."""
+    reuse_warmup: str | None = None
+    """round_0 of another pipeline run with the same warm-up config (equal-start comparisons)."""
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    """PretrainConfig sections (model, train, optimizer, schedule, deepspeed, logging, ...)."""
+    select: dict[str, Any] = field(default_factory=dict)
+    """SelectConfig fields and per-method sections (bliss:, mates:, ...)."""
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def __post_init__(self):
+        if self.num_rounds is None and self.shards:
+            self.num_rounds = len(self.shards) - 1
+
+    def rounds(self) -> int:
+        return int(self.num_rounds or 0)
+
+
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None):
+    config = load_config(PipelineConfig, path, overrides)
+    where = str(path or "config")
+    if config.prepare.corpus:
+        if config.shards:
+            raise ConfigError(f"{where}: give either 'shards' or 'prepare.corpus', not both")
+        if config.num_rounds is None:
+            raise ConfigError(f"{where}: 'prepare.corpus' needs 'num_rounds'")
+        return config
+    if not config.shards:
+        raise ConfigError(f"{where}: 'shards' is empty (shard 0 is the warm-up shard)")
+    if config.rounds() > len(config.shards) - 1:
+        raise ConfigError(
+            f"{where}: num_rounds={config.num_rounds} needs {config.rounds() + 1} shards, "
+            f"got {len(config.shards)}"
+        )
+    for name in ("warmup_fraction", "fraction"):
+        if not 0 < getattr(config, name) <= 1:
+            raise ConfigError(f"{where}: {name} must be in (0, 1]")
+    if "run_dir" in config.pretrain or "run_dir" in config.select:
+        raise ConfigError(f"{where}: run directories are set by the pipeline (remove run_dir)")
+    return config

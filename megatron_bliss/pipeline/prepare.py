@@ -1,0 +1,54 @@
+"""The optional first stage: raw corpus -> tokenizer -> indexed dataset -> one shard per round.
+
+Lets ``megatron-bliss pipeline --config configs/pipeline_tiny_cpu.yaml`` start from JSON lines.
+At paper scale shards are made once beforehand with ``tools/preprocess_data.py --shards K`` and
+named in ``shards:`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_bliss.pipeline.stages import StageMarker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareSection:
+    corpus: list[str] = field(default_factory=list)
+    """Raw corpus files, globs or folders (jsonl/json[.gz|.zst]/parquet); empty: use ``shards``."""
+    tokenizer_vocab_size: int = 4096
+    """Size of the byte-level BPE trained on the corpus when the pipeline names no tokenizer."""
+    workers: int = 2
+
+
+def prepare_shards(section: PrepareSection, run_dir: Path, tokenizer: str | None, count: int):
+    """(tokenizer path, shard prefixes) for ``count`` shards made from ``section.corpus``."""
+    from megatron_bliss.data.preprocess import PreprocessOptions, output_name, run_preprocess
+    from megatron_bliss.data.shards import split_indexed
+    from megatron_bliss.data.tokenizer import TokenizerSpec
+    from megatron_bliss.data.tokenizer_training import train_tokenizer
+
+    data_dir = run_dir / "data"
+    marker = StageMarker(
+        data_dir, "prepare", {"section": vars(section), "tokenizer": tokenizer, "n": count}
+    )
+    if marker.done():
+        result = marker.result()
+        return result["tokenizer"], result["shards"]
+    if tokenizer is None:
+        tokenizer = str(data_dir / "tokenizer")
+        train_tokenizer(section.corpus, section.tokenizer_vocab_size, tokenizer)
+    prefix = str(data_dir / "corpus")
+    options = PreprocessOptions(
+        inputs=list(section.corpus), output_prefix=prefix, tokenizer=TokenizerSpec(name=tokenizer),
+        workers=section.workers, append_eod=True,
+    )  # fmt: skip
+    run_preprocess(options)
+    shards = split_indexed(output_name(prefix, "text"), count, str(data_dir / "corpus"))
+    marker.complete({"tokenizer": tokenizer, "shards": shards})
+    logger.info("prepared %d shards from %s", count, ", ".join(section.corpus))
+    return tokenizer, shards

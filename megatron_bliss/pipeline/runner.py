@@ -1,0 +1,354 @@
+"""Runs the multi-round schedule of BLISS/MATES (method-spec 1.5) at any scale.
+
+    round_0/   warm-up: the target trains on a random ``warmup_fraction`` of shard 0
+    round_r/   select on shard r with the round r-1 target -> train on the kept sequences with
+               lr * lr_round_factor ** r -> optional decay branch -> evaluate
+
+Each stage runs in this process (tests inject kills through hooks) or, for training with
+``launcher: torchrun``, as a ``torchrun`` job of ``nproc_per_node`` ranks, the way a cluster runs
+each stage. Finished stages are skipped; a killed stage resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from megatron_bliss.config import ConfigError, dump_yaml, from_dict, merge
+from megatron_bliss.engine.config import PretrainConfig
+from megatron_bliss.pipeline.config import PipelineConfig
+from megatron_bliss.pipeline.stages import StageMarker
+from megatron_bliss.selection.rule import write_selection
+from megatron_bliss.utils.io import atomic_write_json
+from megatron_bliss.utils.paths import shared_data_dir
+
+logger = logging.getLogger(__name__)
+
+SELECTION_OUTPUTS = ("scores.npy", "selection.npy", "selection.json", "score_model")
+
+
+@dataclasses.dataclass
+class PipelineHooks:
+    """What tests observe and control: ``before_stage(round, name)`` may raise to simulate a kill;
+    ``train_hooks(round, name)`` returns engine ``Hooks`` for an in-process training stage."""
+
+    before_stage: Callable[[int, str], None] | None = None
+    train_hooks: Callable[[int, str], Any] | None = None
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, hooks: PipelineHooks | None = None):
+        self.config = config
+        self.hooks = hooks or PipelineHooks()
+        self.run_dir = Path(config.run_dir)
+        self.launcher = config.pretrain.get("launcher", {})
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(self.config, self.run_dir / "config.yaml")
+        if self.config.prepare.corpus:
+            from megatron_bliss.pipeline.prepare import prepare_shards
+
+            tokenizer, shards = prepare_shards(
+                self.config.prepare, self.run_dir, self.config.tokenizer, self.config.rounds() + 1
+            )
+            self.config = dataclasses.replace(self.config, tokenizer=tokenizer, shards=shards)
+        rounds = [self._warmup()]
+        for r in range(1, self.config.rounds() + 1):
+            rounds.append(self._round(r, rounds[-1]))
+        summary = self._write_summary(rounds)
+        logger.info("pipeline finished: %s", self.run_dir)
+        return summary
+
+    # ------------------------------------------------------------------ rounds
+    def _warmup(self) -> dict[str, Any]:
+        c = self.config
+        round_dir = self._round_dir(0)
+        inputs = {
+            "shard": c.shards[0], "fraction": c.warmup_fraction, "steps": c.warmup_steps,
+            "seed": c.seed, "seq_length": c.seq_length, "pretrain": c.pretrain,
+            "tokenizer": c.tokenizer,
+        }  # fmt: skip
+        select = StageMarker(round_dir, "select", inputs)
+        if not select.done():
+            self._before(0, "select")
+            from megatron_bliss.data.pool import SequencePool
+
+            pool = SequencePool(c.shards[0], c.seq_length)
+            scores = np.random.default_rng(c.seed).random(len(pool)).astype(np.float32)
+            write_selection(
+                round_dir, scores, method="random", fraction=c.warmup_fraction,
+                data_prefix=c.shards[0], seq_length=c.seq_length, seed=c.seed,
+            )  # fmt: skip
+            select.complete({"flops": 0.0})
+        train = self._train(0, select.hash, c.warmup_steps, lr_multiplier=1.0, load=None)
+        return self._finish_round(0, train, selection_flops=0.0)
+
+    def _round(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        round_dir = self._round_dir(r)
+        inputs = {
+            "method": c.method, "select": c.select, "shard": c.shards[r], "fraction": c.fraction,
+            "seed": c.seed + r, "target_data": c.target_data, "format": c.target_format,
+            "target": previous["train_hash"],
+        }  # fmt: skip
+        select = StageMarker(round_dir, "select", inputs)
+        if not select.done():
+            self._before(r, "select")
+            select.complete(self._select(r, previous))
+        steps = c.warmup_steps + r * c.round_steps
+        multiplier = c.lr_round_factor**r
+        train = self._train(r, select.hash, steps, multiplier, load=previous["checkpoints"])
+        return self._finish_round(r, train, selection_flops=select.result().get("flops", 0.0))
+
+    def _finish_round(self, r: int, train: dict[str, Any], selection_flops: float):
+        """Optional decay branch, then evaluation of this round's model."""
+        c = self.config
+        evaluated, evaluated_hash = train["checkpoints"], train["hash"]
+        if c.decay_steps > 0:
+            decay = self._decay(r, train)
+            evaluated, evaluated_hash = decay["checkpoints"], decay["hash"]
+        self._evaluate(r, evaluated, evaluated_hash, train["step"])
+        return {
+            "round": r,
+            "dir": f"round_{r}",
+            "data_prefix": c.shards[r],
+            "checkpoints": train["checkpoints"],
+            "train_hash": train["hash"],
+            "tokens": train["consumed_tokens"],
+            "flops": {"target_training": train["flops"], "selection": selection_flops},
+        }
+
+    # ------------------------------------------------------------------ stages
+    def _select(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
+        """Run the selector on shard r with the round r-1 target; outputs land in round_r/."""
+        from megatron_bliss.selection.cli import SelectConfig, run_selection, validate_sections
+
+        c = self.config
+        round_dir = self._round_dir(r)
+        work_dir = round_dir / "select_run"
+        select_config = from_dict(SelectConfig, self._select_dict(r), where="pipeline.select")
+        validate_sections(select_config, "pipeline.select")
+        run_selection(
+            c.method, select_config, data_prefix=c.shards[r], run_dir=work_dir,
+            target_data=c.target_data, target_format=c.target_format, tokenizer=c.tokenizer,
+            target_model=previous["checkpoints"],
+        )  # fmt: skip
+        for name in SELECTION_OUTPUTS:
+            if (work_dir / name).exists():
+                _replace(work_dir / name, round_dir / name)
+        if (work_dir / "proxy_warmup").exists() and not (self.run_dir / "proxy_warmup").exists():
+            _replace(work_dir / "proxy_warmup", self.run_dir / "proxy_warmup")
+        meta = yaml.safe_load((round_dir / "selection.json").read_text())
+        return {"flops": float(meta.get("flops", 0.0)), "num_selected": meta["num_selected"]}
+
+    def _select_dict(self, r: int) -> dict[str, Any]:
+        """SelectConfig values for round r: the shared settings plus the round's carry-overs."""
+        c = self.config
+        values = merge(
+            c.select,
+            {"seq_length": c.seq_length, "fraction": c.fraction, "seed": c.seed + r},
+        )
+        if c.method == "bliss":
+            carry = {}
+            if (self.run_dir / "proxy_warmup" / "config.json").exists():
+                carry["proxy_init"] = str(self.run_dir / "proxy_warmup")
+            if r > 1:
+                carry["score_model_init"] = str(self._round_dir(r - 1) / "score_model")
+            values = merge(values, {"bliss": carry})
+        return values
+
+    def _train(self, r: int, upstream: str, steps: int, lr_multiplier: float, load: str | None):
+        c = self.config
+        round_dir = self._round_dir(r)
+        config = self._pretrain_config(
+            run_dir=round_dir, steps=steps, lr_multiplier=lr_multiplier,
+            selection=round_dir / "selection.npy", shard=c.shards[r],
+        )  # fmt: skip
+        marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
+        if not marker.done():
+            self._before(r, "train")
+            own = (round_dir / "checkpoints" / "latest").exists()
+            config.checkpoint.load = None if own or load is None else str(load)
+            summary = self._launch_pretrain(config, r, "train")
+            marker.complete(_train_result(summary, round_dir, previous_tokens=self._tokens(load)))
+        return {**marker.result(), "hash": marker.hash}
+
+    def _decay(self, r: int, train: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        decay_dir = self._round_dir(r) / "decay"
+        config = self._pretrain_config(
+            run_dir=decay_dir, steps=train["step"] + c.decay_steps,
+            lr_multiplier=c.lr_round_factor**r, selection=self._round_dir(r) / "selection.npy",
+            shard=c.shards[r],
+        )  # fmt: skip
+        config.schedule.decay_steps = c.decay_steps
+        marker = StageMarker(
+            decay_dir, "decay", {"config": _comparable(config), "up": train["hash"]}
+        )
+        if not marker.done():
+            self._before(r, "decay")
+            own = (decay_dir / "checkpoints" / "latest").exists()
+            config.checkpoint.load = None if own else train["checkpoints"]
+            summary = self._launch_pretrain(config, r, "decay")
+            marker.complete(
+                _train_result(summary, decay_dir, previous_tokens=train["consumed_tokens"])
+            )
+        return {**marker.result(), "hash": marker.hash}
+
+    def _evaluate(self, r: int, checkpoints: str, upstream: str, step: int) -> None:
+        c = self.config
+        if not c.eval.enabled:
+            return
+        round_dir = self._round_dir(r)
+        marker = StageMarker(
+            round_dir, "eval", {"eval": dataclasses.asdict(c.eval), "up": upstream}
+        )
+        if marker.done():
+            return
+        self._before(r, "eval")
+        from megatron_bliss.engine.export import export_hf
+        from megatron_bliss.eval.harness import evaluate_model
+        from megatron_bliss.eval.tensorboard import log_eval_metrics
+
+        model_dir = export_hf(checkpoints, round_dir / "hf", tokenizer=c.tokenizer)
+        results = evaluate_model(
+            model_dir, c.eval.tasks, task_data=self._task_data(), ppl_data=c.eval.ppl_data,
+            limit=c.eval.limit, batch_size=c.eval.batch_size, device=c.eval.device,
+            output=round_dir / "eval.json", target_set_task=c.target_set_task,
+        )  # fmt: skip
+        log_eval_metrics(round_dir, step, results)
+        marker.complete({"tasks": sorted(results)})
+
+    # ------------------------------------------------------------------ helpers
+    def _pretrain_config(self, run_dir, steps, lr_multiplier, selection, shard) -> PretrainConfig:
+        c = self.config
+        sections = {k: v for k, v in c.pretrain.items() if k != "launcher"}
+        stage = {
+            "run_dir": str(run_dir),
+            "data": {
+                "sources": [{"prefix": shard, "selection": str(selection)}],
+                "seq_length": c.seq_length,
+                "tokenizer": c.tokenizer,
+            },
+            "train": {"train_steps": steps, "seed": c.seed},
+            "schedule": {"lr_multiplier": lr_multiplier},
+        }
+        return from_dict(PretrainConfig, merge(sections, stage), where="pipeline.pretrain")
+
+    def _launch_pretrain(self, config: PretrainConfig, r: int, name: str) -> dict[str, Any]:
+        kind = self.launcher.get("type", "inprocess")
+        if kind == "inprocess":
+            from megatron_bliss.engine.trainer import pretrain
+
+            hooks = self.hooks.train_hooks(r, name) if self.hooks.train_hooks else None
+            return pretrain(config, hooks)
+        if kind != "torchrun":
+            raise ConfigError(f"pretrain.launcher.type: '{kind}' is not inprocess or torchrun")
+        stage_yaml = Path(config.run_dir) / "stage_config.yaml"
+        dump_yaml(config, stage_yaml)
+        nproc = str(self.launcher.get("nproc_per_node", 2))
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", nproc, "-m", "megatron_bliss.cli", "pretrain",
+            "--config", str(stage_yaml),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        logger.info("round %d %s: %s", r, name, " ".join(command))
+        completed = subprocess.run(command, env=env)
+        if completed.returncode != 0:
+            raise RuntimeError(f"round {r} {name}: torchrun exited with {completed.returncode}")
+        return yaml.safe_load((Path(config.run_dir) / "summary.json").read_text())
+
+    def _tokens(self, checkpoints: str | None) -> int:
+        if checkpoints is None:
+            return 0
+        summary = Path(checkpoints).parent / "summary.json"
+        return (
+            int(yaml.safe_load(summary.read_text())["consumed_tokens"]) if summary.exists() else 0
+        )
+
+    def _task_data(self) -> str | None:
+        task_data = self.config.eval.task_data
+        if task_data != "auto":
+            return task_data
+        shared = shared_data_dir()
+        return str(shared / "eval") if shared and (shared / "eval").is_dir() else None
+
+    def _round_dir(self, r: int) -> Path:
+        if r == 0 and self.config.reuse_warmup:
+            self._link_warmup()
+        return self.run_dir / f"round_{r}"
+
+    def _link_warmup(self) -> None:
+        link = self.run_dir / "round_0"
+        source = Path(self.config.reuse_warmup).resolve()
+        if not (source / "stages").is_dir():
+            raise FileNotFoundError(f"{source}: reuse_warmup is not a finished warm-up round")
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(source, link.parent), target_is_directory=True)
+
+    def _before(self, r: int, name: str) -> None:
+        logger.info("round %d: %s", r, name)
+        if self.hooks.before_stage:
+            self.hooks.before_stage(r, name)
+
+    def _write_summary(self, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+        c = self.config
+        summary = {
+            "method": c.method,
+            "target_set": {
+                "path": c.target_data,
+                "format": c.target_format,
+                "task": c.target_set_task,
+            },
+            "tokenizer": c.tokenizer,
+            "seq_length": c.seq_length,
+            "rounds": [{k: v for k, v in r.items() if k != "train_hash"} for r in rounds],
+        }
+        atomic_write_json(self.run_dir / "pipeline.json", summary)
+        return summary
+
+
+def _train_result(summary: dict[str, Any], run_dir: Path, previous_tokens: int) -> dict[str, Any]:
+    tokens = int(summary["consumed_tokens"])
+    per_token = float(summary.get("flops_per_token") or 0.0)
+    return {
+        "step": int(summary["final_step"]),
+        "consumed_tokens": tokens,
+        "flops": per_token * (tokens - previous_tokens),
+        "checkpoints": str(run_dir / "checkpoints"),
+        "final_loss": summary.get("final_loss"),
+    }
+
+
+def _comparable(config: PretrainConfig) -> dict[str, Any]:
+    """The parts of a stage config that decide its outputs (not where it resumes from)."""
+    values = dataclasses.asdict(config)
+    values["checkpoint"] = {k: v for k, v in values["checkpoint"].items() if k != "load"}
+    values.pop("run_dir")
+    return values
+
+
+def _replace(source: Path, destination: Path) -> None:
+    if destination.is_dir():
+        shutil.rmtree(destination)
+    elif destination.exists():
+        destination.unlink()
+    os.replace(source, destination)
+
+
+def run_pipeline(config: PipelineConfig, hooks: PipelineHooks | None = None) -> dict[str, Any]:
+    return Pipeline(config, hooks).run()
