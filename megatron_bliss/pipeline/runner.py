@@ -12,6 +12,7 @@ each stage. Finished stages are skipped; a killed stage resumes from its own che
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -335,11 +336,12 @@ def _train_result(summary: dict[str, Any], run_dir: Path, previous_tokens: int) 
 
 
 def _comparable(config: PretrainConfig) -> dict[str, Any]:
-    """The parts of a stage config that decide its outputs (not where it resumes from)."""
+    """The parts of a stage config that decide its outputs: not where it resumes from, and its
+    own directory only as a placeholder (a reused warm-up lives under another run's path)."""
     values = dataclasses.asdict(config)
     values["checkpoint"] = {k: v for k, v in values["checkpoint"].items() if k != "load"}
-    values.pop("run_dir")
-    return values
+    run_dir = str(values.pop("run_dir"))
+    return json.loads(json.dumps(values).replace(run_dir, "<RUN_DIR>"))
 
 
 def _replace(source: Path, destination: Path) -> None:

@@ -1,0 +1,160 @@
+"""The multi-round pipeline end to end on a tiny corpus: resume after a kill in every stage.
+
+One warm-up is shared: the first run is killed right before round 1's selection, so round 0 is
+finished once and every later run must skip it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from megatron_bliss.config import ConfigError, from_dict
+from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.pipeline.config import PipelineConfig, load_pipeline_config
+from megatron_bliss.pipeline.runner import PipelineHooks, run_pipeline
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def pipeline_inputs(tmp_path_factory, tiny_shard, tokenizer_dir, corpus_texts):
+    from megatron_bliss.data.shards import split_indexed
+
+    folder = tmp_path_factory.mktemp("pipeline_inputs")
+    shards = split_indexed(tiny_shard, 2, str(folder / "tiny"))
+    target = folder / "target.jsonl"
+    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_texts[-8:]))
+    return {"shards": shards, "tokenizer": str(tokenizer_dir), "target": str(target)}
+
+
+def tiny_config(inputs, run_dir, **changes) -> PipelineConfig:
+    values = {
+        "run_dir": str(run_dir),
+        "method": "bliss",
+        "shards": inputs["shards"],
+        "tokenizer": inputs["tokenizer"],
+        "seq_length": 32,
+        "target_data": inputs["target"],
+        "warmup_steps": 4,
+        "warmup_fraction": 0.5,
+        "round_steps": 3,
+        "fraction": 0.25,
+        "pretrain": {
+            "model": {"preset": "pythia-tiny"},
+            "train": {"global_batch_size": 4, "micro_batch_size": 2},
+            "schedule": {"type": "constant", "warmup_steps": 1},
+            "deepspeed": {"config": "ds_configs/cpu_zero2.json"},
+            "checkpoint": {"save_interval": 2},
+            "logging": {"progress_bar": False},
+        },
+        "select": {
+            "target_preset": "pythia-tiny",
+            "target_max_length": 32,
+            "device": "cpu",
+            "bliss": {
+                "proxy_preset": "pythia-tiny",
+                "proxy_warmup_steps": 2,
+                "outer_steps": 2,
+                "batch_size": 4,
+                "target_batch_size": 4,
+                "score_batch_size": 16,
+            },
+        },
+        "eval": {"tasks": [], "task_data": None, "ppl_data": inputs["target"], "limit": 2},
+    }
+    values.update(changes)
+    return from_dict(PipelineConfig, values)
+
+
+def run_until_killed(config, kill_stage=None, stop_train_after=None):
+    """Run the pipeline, killing it before ``(round, stage)`` or inside round 1's training."""
+    seen = []
+
+    def before_stage(r, name):
+        seen.append((r, name))
+        if (r, name) == kill_stage:
+            raise Killed(f"killed before {kill_stage}")
+
+    def train_hooks(r, name):
+        if r == 1 and stop_train_after is not None:
+            return Hooks(stop_after_step=stop_train_after, stop_with_checkpoint=False)
+        return None
+
+    try:
+        run_pipeline(config, PipelineHooks(before_stage, train_hooks))
+    except (Killed, TrainingInterrupted):
+        return seen, False
+    return seen, True
+
+
+@pytest.mark.slow
+def test_pipeline_resumes_after_a_kill_in_each_stage(pipeline_inputs, tmp_path):
+    config = tiny_config(pipeline_inputs, tmp_path / "run")
+    seen, finished = run_until_killed(config, kill_stage=(1, "select"))
+    assert not finished and seen == [(0, "select"), (0, "train"), (0, "eval"), (1, "select")]
+    assert (tmp_path / "run/round_0/eval.json").exists()
+
+    seen, finished = run_until_killed(config, stop_train_after=6)  # mid-round, after a checkpoint
+    assert not finished and seen == [(1, "select"), (1, "train")]
+    assert (tmp_path / "run/round_1/selection.npy").exists()
+
+    seen, finished = run_until_killed(config, kill_stage=(1, "eval"))
+    assert not finished and seen == [(1, "train"), (1, "eval")]
+    lines = (tmp_path / "run/round_1/metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    assert [m["step"] for m in metrics if "loss" in m] == [5, 6, 7]  # resumed at step 5, not 0
+
+    seen, finished = run_until_killed(config)
+    assert finished and seen == [(1, "eval")]
+    summary = json.loads((tmp_path / "run/pipeline.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert summary["rounds"][1]["tokens"] == (4 + 3) * 4 * 32
+    assert summary["rounds"][1]["flops"]["selection"] > 0
+    selection = np.load(tmp_path / "run/round_1/selection.npy")
+    scores = np.load(tmp_path / "run/round_1/scores.npy")
+    assert (
+        len(selection) == int(0.25 * len(scores))
+        and (tmp_path / "run/round_1/score_model").is_dir()
+    )
+    assert "c4_ppl" in json.loads((tmp_path / "run/round_1/eval.json").read_text())
+
+    seen, finished = run_until_killed(config)  # all done: nothing runs again
+    assert finished and seen == []
+
+    changed = tiny_config(pipeline_inputs, tmp_path / "run", round_steps=4)
+    with pytest.raises(ConfigError, match=r"round_1/stages/train\.json"):
+        run_pipeline(changed)
+
+
+@pytest.mark.slow
+def test_random_pipeline_reuses_the_warmup(pipeline_inputs, tmp_path):
+    bliss = tiny_config(pipeline_inputs, tmp_path / "bliss", num_rounds=0)
+    run_pipeline(bliss)
+    random = tiny_config(
+        pipeline_inputs, tmp_path / "random", method="random",
+        reuse_warmup=str(tmp_path / "bliss/round_0"),
+    )  # fmt: skip
+    seen, finished = run_until_killed(random)
+    assert finished and (0, "train") not in seen and (1, "train") in seen
+    assert (tmp_path / "random/round_0").is_symlink()
+    assert (
+        json.loads((tmp_path / "random/round_1/selection.json").read_text())["method"] == "random"
+    )
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("shards: []\n")
+    with pytest.raises(ConfigError, match="shards"):
+        load_pipeline_config(bad)
+    bad.write_text("shards: [a, b]\nnum_rounds: 3\n")
+    with pytest.raises(ConfigError, match="needs 4 shards"):
+        load_pipeline_config(bad)
+    bad.write_text("shards: [a, b]\nwarmup_stepz: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'warmup_stepz'"):
+        load_pipeline_config(bad)
