@@ -6,5 +6,6 @@ Public API: :func:`evaluate_model` (``megatron-bliss eval``), :func:`log_eval_me
 """
 
 from megatron_bliss.eval.harness import evaluate_model, headline_average
+from megatron_bliss.eval.tensorboard import log_eval_metrics
 
-__all__ = ["evaluate_model", "headline_average"]
+__all__ = ["evaluate_model", "headline_average", "log_eval_metrics"]

@@ -55,12 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _number(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+
+
 def _format_value(entry: dict[str, Any], metric: str) -> str:
     value = entry.get(metric)
     if value is None:
         return "-"
     stderr = entry.get(f"{metric}_stderr")
-    return f"{value:.4f}" + (f" ± {stderr:.4f}" if isinstance(stderr, float) else "")
+    show_stderr = isinstance(stderr, float) and "perplexity" not in metric
+    return _number(value) + (f" ± {_number(stderr)}" if show_stderr else "")
 
 
 def results_table(results: dict[str, dict[str, Any]], requested: list[str], target_set_task=None):
@@ -69,7 +74,7 @@ def results_table(results: dict[str, dict[str, Any]], requested: list[str], targ
 
     table = Table(title="lm-eval zero-shot results")
     for column in ("task", "split", "docs", "metric", "value", "also"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for task in requested:
         entry = results.get(task)
         if entry is None:
@@ -82,11 +87,12 @@ def results_table(results: dict[str, dict[str, Any]], requested: list[str], targ
             also = (
                 "acc" if metric == "acc_norm" else ("perplexity" if "perplexity" in entry else "")
             )
-        label = task + (" (selection target set)" if task == target_set_task else "")
+        label = task + (" (target set)" if task == target_set_task else "")
+        split = entry["split"] + (" (lm-eval scores test)" if entry.get("note") else "")
         also_text = f"{also} {_format_value(entry, also)}" if also else ""
         table.add_row(
             label,
-            entry["split"],
+            split,
             str(entry["num_docs"]),
             metric,
             _format_value(entry, metric),
@@ -124,6 +130,6 @@ def run(args: argparse.Namespace) -> int:
     if args.ppl_data and PPL_TASK not in requested:
         requested.append(PPL_TASK)
     console = Console()
-    console.width = max(console.width, 120)  # pipes and CI report 80 columns
+    console.width = max(console.width, 160)  # pipes and CI report 80 columns
     console.print(results_table(results, requested, args.target_set_task))
     return 0

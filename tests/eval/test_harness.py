@@ -108,7 +108,7 @@ def test_eval_cli_tiny_model_every_local_task(
     assert results["lambada_openai"]["is_target_set"] is True
     assert results["c4_ppl"]["word_perplexity"] > 1.0 and results["c4_ppl"]["num_docs"] == 3
     printed = capsys.readouterr().out
-    assert "selection target set" in printed and "skipped" in printed
+    assert "lambada_openai (target set)" in printed and "skipped" in printed
     assert "8 of the paper's 9 tasks (missing: logiqa)" in " ".join(printed.split())
 
 
