@@ -2,11 +2,14 @@
 
 A plain ``python`` process gets RANK=0/WORLD_SIZE=1 and a free MASTER_PORT; under ``srun`` the
 SLURM variables are translated. ``pretrain`` may be called repeatedly in one process (the pipeline
-does, once per round), so ``DistributedContext`` tears down only what it created.
+does, once per round). The default process group is created once and reused by later calls: a
+destroyed-and-recreated group hangs DeepSpeed's CPU shared-memory all-reduce and invalidates its
+cached groups, so the group is destroyed only at interpreter exit (``atexit``).
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -52,7 +55,6 @@ class DistributedContext:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     created_group: bool = False
-    env_set: list[str] = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -63,14 +65,15 @@ class DistributedContext:
             dist.barrier()
 
     def close(self) -> None:
-        """Destroy the process group and env defaults only if this context created them."""
-        if self.created_group and dist.is_initialized():
-            self.barrier()
-            dist.destroy_process_group()
-        for name in self.env_set:
-            os.environ.pop(name, None)
-        self.created_group = False
-        self.env_set = []
+        """Wait for all ranks; the process group itself stays for the next stage (see module doc)."""
+        self.barrier()
+
+
+def _destroy_at_exit() -> None:
+    if dist.is_initialized():
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()
 
 
 def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> DistributedContext:
@@ -89,10 +92,8 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
         for name, value in defaults.items():
             if name not in os.environ:
                 os.environ[name] = value
-                context.env_set.append(name)
         if "MASTER_PORT" not in os.environ:
             os.environ["MASTER_PORT"] = str(free_port())
-            context.env_set.append("MASTER_PORT")
         backend = "nccl" if device_type == "cuda" else "gloo"
         deepspeed.init_distributed(
             dist_backend=backend,
@@ -100,6 +101,7 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
         context.created_group = True
+        atexit.register(_destroy_at_exit)
     context.rank = dist.get_rank()
     context.world_size = dist.get_world_size()
     context.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -131,7 +133,7 @@ def dry_run(context: DistributedContext) -> float:
     if dist.is_initialized():
         dist.all_reduce(tensor)
     total = float(tensor.item())
-    if int(round(total)) != context.world_size:
+    if round(total) != context.world_size:
         raise RuntimeError(f"all-reduce gave {total}, expected the world size {context.world_size}")
     return total
 

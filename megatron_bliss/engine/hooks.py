@@ -30,6 +30,7 @@ class Hooks:
         on_checkpoint: Callable[[str], None] | None = None,
         on_train_end: Callable[[dict[str, Any]], None] | None = None,
         on_validation: Callable[[int, dict[str, Any]], None] | None = None,
+        on_engine_final: Callable[[Any], None] | None = None,
         stop_after_step: int | None = None,
         stop_with_checkpoint: bool = False,
     ):
@@ -37,6 +38,7 @@ class Hooks:
         self._checkpoint = on_checkpoint
         self._train_end = on_train_end
         self._validation = on_validation
+        self._engine_final = on_engine_final
         self.stop_after_step = stop_after_step
         self.stop_with_checkpoint = stop_with_checkpoint
 
@@ -57,6 +59,12 @@ class Hooks:
     def on_train_end(self, summary: dict[str, Any]) -> None:
         if self._train_end:
             self._train_end(summary)
+
+    def on_engine_final(self, engine) -> None:
+        """With the live DeepSpeed engine after the last step, before it is released (on every
+        rank; tests compare the engine's own forward with an export here)."""
+        if self._engine_final:
+            self._engine_final(engine)
 
     def should_stop(self, step: int) -> bool:
         """True when the run must stop after ``step`` (checked on every rank)."""

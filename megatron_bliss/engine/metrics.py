@@ -93,7 +93,7 @@ class MetricSink:
         self.writer = None
         if not enabled:
             return
-        self.handle = open(run_dir / "metrics.jsonl", "a")
+        self.handle = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -400,9 +400,9 @@ class TrainingStage:
                         )
                     return self._finish(losses, interrupted=True)
         progress.close()
-        if self.config.logging.eval_interval and self.valid_dataset is not None:
-            if self.step % self.config.logging.eval_interval:
-                self._validate()
+        interval = self.config.logging.eval_interval
+        if interval and self.valid_dataset is not None and self.step % interval:
+            self._validate()
         if self.config.checkpoint.save_at_end and last_saved != self.step:
             self._save()
         return self._finish(losses, interrupted=False)
@@ -555,6 +555,7 @@ class TrainingStage:
         if self.context.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
         self.context.barrier()
+        self.hooks.on_engine_final(self.engine)
         self.hooks.on_train_end(summary)
         return summary
 
