@@ -32,6 +32,7 @@ from megatron_bliss.utils.io import atomic_write_text
 logger = logging.getLogger(__name__)
 
 NO_TARGET_MODEL = {"random", "dsir"}  # methods that never look at the target model
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass
@@ -175,7 +176,10 @@ def run_selection(
     device = resolve_device(config.device)
     if isinstance(tokenizer, str | Path):
         tokenizer = load_tokenizer(tokenizer)
-    if tokenizer is None and isinstance(target_model, str | Path):
+    target_has_tokenizer = isinstance(target_model, str | Path) and any(
+        (Path(target_model) / name).exists() for name in TOKENIZER_FILES
+    )
+    if tokenizer is None and target_has_tokenizer:
         tokenizer = load_tokenizer(target_model)
     pool = SequencePool(data_prefix, config.seq_length)
     if len(pool) == 0:

@@ -1,0 +1,139 @@
+"""What one tiny BLISS round costs next to the target training it selects for, and scoring speed.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/selection_cost.py [--round-steps 30]
+
+1. BLISS (proxy warm-up + bilevel loop with ``configs/select_tiny_cpu.yaml``'s ``bliss:`` section)
+   and scoring the whole pool, as a fraction of the round's target training time: a plain AdamW
+   loop on the tiny target (``pythia-tiny-128``) over the round's token budget
+   (``--round-steps`` x ``--round-batch`` x seq_length; configs/pipeline_tiny_cpu.yaml: 30 x 16).
+2. Scoring throughput in sequences/s: ``score_range`` (batches of 64 read as one reshape of the
+   memory map, ``torch.inference_mode``) against the plain loop research scripts use (the same score
+   model on micro-batches of 4 gathered sequence by sequence, under ``torch.no_grad``). Target:
+   >= 1.5x on CPU. Both timed after a warm-up pass, in the same process.
+
+Pool: real C4 (``../shared/data/c4``; the built-in corpus when absent), 4k byte-level BPE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from planted_pool_auc import build_pool, load_texts
+
+from megatron_bliss.config import from_dict
+from megatron_bliss.data.target_set import TargetSet
+from megatron_bliss.models.presets import build_model, padded_vocab_size
+from megatron_bliss.selection.base import SelectionContext
+from megatron_bliss.selection.bliss import BlissSelector
+from megatron_bliss.selection.cli import load_select_config
+from megatron_bliss.selection.proxy import freeze, warmup_lm
+from megatron_bliss.selection.scoring import score_range
+from megatron_bliss.utils.logging import setup_logging
+from megatron_bliss.utils.paths import REPO_ROOT
+
+logger = logging.getLogger("selection_cost")
+
+
+def plain_loop(model, pool, count: int) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for start in range(0, count, 4):
+            batch = torch.from_numpy(pool.batch(range(start, min(count, start + 4))))
+            out.append(model(batch[:, :-1]).numpy())
+    return np.concatenate(out)
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "select_tiny_cpu.yaml"))
+    parser.add_argument("--round-steps", type=int, default=30)
+    parser.add_argument("--round-batch", type=int, default=16)
+    parser.add_argument("--throughput-sequences", type=int, default=2048)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    setup_logging()
+    torch.manual_seed(0)
+    select = load_select_config(args.config)
+    bliss_config = from_dict(BlissSelector.Config, select.bliss)
+    pool_texts, target_texts, smoke = load_texts()
+    from megatron_bliss.data.tokenizer_training import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(target_texts + pool_texts[:300], 4096)
+    vocab = padded_vocab_size(len(tokenizer))
+    workdir = Path(tempfile.mkdtemp(prefix="selection_cost_"))
+    docs = [(text, 0) for text in pool_texts]
+    pool, _, _ = build_pool(docs, tokenizer, workdir / "pool", select.seq_length)
+    target_path = workdir / "target.jsonl"
+    target_path.write_text("".join(json.dumps({"text": t}) + "\n" for t in target_texts))
+    target_set = TargetSet.from_jsonl(
+        target_path, tokenizer, "documents", select.target_max_length, select.target_limit
+    )
+    device = torch.device("cpu")
+
+    target = build_model(select.target_preset, vocab, select.seq_length + 1)
+    _, train_seconds = timed(
+        lambda: warmup_lm(
+            target, pool, steps=args.round_steps, batch_size=args.round_batch, lr=3e-3,
+            seed=0, device=device, desc="round training",
+        )
+    )  # fmt: skip
+    freeze(target)
+    context = SelectionContext(
+        pool=pool, run_dir=workdir / "run", target_set=target_set, target_model=target,
+        tokenizer=tokenizer, device=device, seed=0,
+    )  # fmt: skip
+    selector = BlissSelector(bliss_config, context)
+    _, fit_seconds = timed(selector.fit)
+    _, score_seconds = timed(selector.score)
+
+    model = selector.score_model.eval()
+    count = min(args.throughput_sequences, len(pool))
+    batch = bliss_config.score_batch_size
+    score_range(model, pool, 0, min(count, 256), batch, device)  # warm-up passes
+    plain_loop(model, pool, min(count, 64))
+    fast, fast_seconds = timed(score_range, model, pool, 0, count, batch, device)
+    slow, slow_seconds = timed(plain_loop, model, pool, count)
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5)
+
+    results = {
+        "smoke": smoke,
+        "threads": torch.get_num_threads(),
+        "pool_sequences": len(pool),
+        "round_training_seconds": round(train_seconds, 2),
+        "round_tokens": args.round_steps * args.round_batch * select.seq_length,
+        "bliss_fit_seconds": round(fit_seconds, 2),
+        "bliss_warmup_seconds": round(selector.seconds["warmup"], 2),
+        "bliss_bilevel_seconds": round(selector.seconds["bilevel"], 2),
+        "pool_scoring_seconds": round(score_seconds, 2),
+        "selection_over_training": round((fit_seconds + score_seconds) / train_seconds, 3),
+        "scoring_sequences_per_second": round(count / fast_seconds, 1),
+        "plain_loop_sequences_per_second": round(count / slow_seconds, 1),
+        "scoring_speedup": round(slow_seconds / fast_seconds, 2),
+        "bliss_flops": selector.flops,
+    }
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
