@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megatron_bliss.engine.distributed import free_port
 from megatron_bliss.utils.paths import REPO_ROOT
 
 
@@ -23,7 +24,7 @@ def test_two_rank_zero3_train_resume_zero2_export(tiny_shard, tokenizer_dir, tmp
     worker = Path(__file__).with_name("two_rank_worker.py")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "0", str(worker), tiny_shard, str(tokenizer_dir), str(tmp_path),
+        "--master_port", str(free_port()), str(worker), tiny_shard, str(tokenizer_dir), str(tmp_path),
     ]  # fmt: skip
     result = subprocess.run(
         command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600

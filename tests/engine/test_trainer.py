@@ -1,0 +1,90 @@
+"""Single-process engine runs: hard-kill resume equality, metrics/checkpoint files, validation,
+export round trip through the CLI, activation checkpointing, and the dry run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.engine.trainer import pretrain
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_hard_kill_resume_files_and_export(make_config, tiny_shard, tmp_path, capsys):
+    common = {
+        "train.train_steps": 6,
+        "checkpoint.save_interval": 2,
+        "checkpoint.keep_last": 2,
+        "data.valid_prefix": tiny_shard,
+        "logging.eval_interval": 3,
+        "logging.tensorboard": True,
+    }
+    full = pretrain(make_config("full", **common))
+    assert full["final_step"] == 6 and len(full["losses"]) == 6
+    assert full["consumed_tokens"] == 6 * 8 * 32
+    assert full["flops"] == pytest.approx(full["flops_per_token"] * full["consumed_tokens"])
+
+    # Hard kill after step 3 (no checkpoint of step 3): resume replays step 3 from step 2's.
+    killed_config = make_config("killed", **common)
+    with pytest.raises(TrainingInterrupted) as stop:
+        pretrain(killed_config, Hooks(stop_after_step=3))
+    assert stop.value.checkpoint is None
+    seen = []
+    resumed = pretrain(killed_config, Hooks(on_step_end=lambda step, m: seen.append(step)))
+    assert seen == [3, 4, 5, 6]
+    np.testing.assert_allclose(resumed["losses"], full["losses"][2:], rtol=1e-6)
+
+    run_dir = tmp_path / "killed"
+    records = read_metrics(run_dir)
+    train_steps = [r["step"] for r in records if "loss" in r]
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # the killed run's step-3 record was dropped
+    val = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in val] == [3, 6] and all(np.isfinite(r["val_loss"]) for r in val)
+    for key in ("lr", "grad_norm", "tokens_per_second", "mfu", "consumed_samples"):
+        assert key in records[0]
+    steps_kept = sorted(p.name for p in (run_dir / "checkpoints").glob("global_step*"))
+    assert steps_kept == ["global_step4", "global_step6"]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "global_step6"
+    assert (run_dir / "config.yaml").exists() and (run_dir / "tokenizer").is_dir()
+    assert any((tmp_path / "full" / "tensorboard").iterdir())
+
+    from transformers import AutoTokenizer
+
+    from megatron_bliss.cli import main
+    from megatron_bliss.engine.export import load_model
+
+    output = tmp_path / "hf"
+    assert (
+        main(["export-hf", "--checkpoint", str(run_dir / "checkpoints"), "--output", str(output)])
+        == 0
+    )
+    assert AutoTokenizer.from_pretrained(output).eos_token == "<|endoftext|>"
+    config = json.loads((output / "config.json").read_text())
+    assert config["vocab_size"] == 512 and config["hidden_size"] == 64
+    probe = torch.arange(40).reshape(2, 20)
+    with torch.no_grad():
+        from_dir = load_model(output)(input_ids=probe).logits
+        from_checkpoint = load_model(run_dir / "checkpoints" / "global_step6")(
+            input_ids=probe
+        ).logits
+    torch.testing.assert_close(from_dir, from_checkpoint, rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_and_dry_run(make_config, tmp_path, capsys):
+    steps = {"train.train_steps": 2, "checkpoint.save_at_end": False}
+    plain = pretrain(make_config("plain", **steps))
+    recomputed = pretrain(make_config("ckpt", **steps, **{"model.gradient_checkpointing": True}))
+    np.testing.assert_allclose(recomputed["losses"], plain["losses"], rtol=1e-6)
+    assert plain["checkpoint"] is None
+
+    from megatron_bliss.cli import main
+
+    assert main(["pretrain", "--dry-run", *[f"run_dir={tmp_path}", "data.prefix=x"]]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["world_size"] == 1
