@@ -10,6 +10,8 @@ from megatron_bliss.selection.rule import select_top_fraction
 from megatron_bliss.selection.score_model import ScoreModel, load_score_model
 from megatron_bliss.selection.scoring import score_shard
 
+SEQ = 64  # ~900 sequences in the tiny shard: the plain reference loop stays fast
+
 
 class Killed(RuntimeError):
     pass
@@ -20,14 +22,14 @@ def scorer_dir(tmp_path_factory, tokenizer):
     from megatron_bliss.models.presets import build_model
 
     torch.manual_seed(0)
-    lm = build_model("pythia-tiny", 512, 64)
+    lm = build_model("pythia-tiny", 512, 65)
     model = ScoreModel.from_causal_lm(lm, head_init_std=0.5, seed=1)
     path = tmp_path_factory.mktemp("scorer") / "score_model"
-    model.save(path, {"method": "bliss", "seq_length": 16}, tokenizer=tokenizer)
+    model.save(path, {"method": "bliss", "seq_length": SEQ}, tokenizer=tokenizer)
     return path
 
 
-def plain_loop_scores(scorer_dir, shard, seq_length=16):
+def plain_loop_scores(scorer_dir, shard, seq_length=SEQ):
     """The research-script loop: micro-batches of 4 pool sequences under no_grad."""
     from megatron_bliss.data.pool import SequencePool
 
@@ -41,14 +43,19 @@ def plain_loop_scores(scorer_dir, shard, seq_length=16):
     return np.concatenate(out)
 
 
-def test_scores_match_plain_loop(scorer_dir, tiny_shard, tmp_path):
+@pytest.fixture(scope="module")
+def reference(scorer_dir, tiny_shard):
+    return plain_loop_scores(scorer_dir, tiny_shard)
+
+
+def test_scores_match_plain_loop(scorer_dir, tiny_shard, tmp_path, reference):
     scores = score_shard(scorer_dir, tiny_shard, tmp_path / "scores.npy", batch_size=32)
-    np.testing.assert_allclose(scores, plain_loop_scores(scorer_dir, tiny_shard), rtol=1e-5)
+    np.testing.assert_allclose(scores, reference, rtol=1e-5)
     assert scores.std() > 0
     np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), scores)
 
 
-def test_resume_after_kill_scores_only_missing_chunks(scorer_dir, tiny_shard, tmp_path):
+def test_resume_after_kill_scores_only_missing_chunks(scorer_dir, tiny_shard, tmp_path, reference):
     out = tmp_path / "scores.npy"
 
     def kill_after_two(chunk):
@@ -56,31 +63,33 @@ def test_resume_after_kill_scores_only_missing_chunks(scorer_dir, tiny_shard, tm
             raise Killed
 
     with pytest.raises(Killed):
-        score_shard(scorer_dir, tiny_shard, out, chunk_size=50, on_chunk=kill_after_two)
+        score_shard(scorer_dir, tiny_shard, out, chunk_size=200, on_chunk=kill_after_two)
     assert not out.exists()
     parts = sorted(p.name for p in (tmp_path / "scores.npy.parts").glob("chunk_*.npy"))
     assert parts == ["chunk_000000.npy", "chunk_000001.npy"]
     resumed = []
-    scores = score_shard(scorer_dir, tiny_shard, out, chunk_size=50, on_chunk=resumed.append)
+    scores = score_shard(scorer_dir, tiny_shard, out, chunk_size=200, on_chunk=resumed.append)
     assert resumed and resumed[0] == 2  # chunks 0 and 1 were not scored again
-    np.testing.assert_allclose(scores, plain_loop_scores(scorer_dir, tiny_shard), rtol=1e-5)
+    np.testing.assert_allclose(scores, reference, rtol=1e-5)
     assert not (tmp_path / "scores.npy.parts").exists()
 
 
-def test_two_processes_split_chunks_and_last_one_merges(scorer_dir, tiny_shard, tmp_path):
+def test_two_processes_split_chunks_and_last_one_merges(
+    scorer_dir, tiny_shard, tmp_path, reference
+):
     out = tmp_path / "scores.npy"
-    first = score_shard(scorer_dir, tiny_shard, out, chunk_size=40, rank=1, world=2)
+    first = score_shard(scorer_dir, tiny_shard, out, chunk_size=300, rank=1, world=2)
     assert first is None and not out.exists()
-    merged = score_shard(scorer_dir, tiny_shard, out, chunk_size=40, rank=0, world=2)
-    np.testing.assert_allclose(merged, plain_loop_scores(scorer_dir, tiny_shard), rtol=1e-5)
+    merged = score_shard(scorer_dir, tiny_shard, out, chunk_size=300, rank=0, world=2)
+    np.testing.assert_allclose(merged, reference, rtol=1e-5)
 
 
 def test_leftovers_from_other_settings_are_refused(scorer_dir, tiny_shard, tmp_path):
     out = tmp_path / "scores.npy"
     with pytest.raises(Killed):
-        score_shard(scorer_dir, tiny_shard, out, chunk_size=50, on_chunk=_raise)
+        score_shard(scorer_dir, tiny_shard, out, chunk_size=200, on_chunk=_raise)
     with pytest.raises(ValueError, match="other settings"):
-        score_shard(scorer_dir, tiny_shard, out, chunk_size=60)
+        score_shard(scorer_dir, tiny_shard, out, chunk_size=250)
 
 
 def _raise(_chunk):
