@@ -3,7 +3,8 @@
 Why: the torch row head (:func:`megatron_bliss.kernels.cross_entropy.torch_cross_entropy_rows`)
 makes several chunk-sized temporaries (logsumexp, exp, scatter). This kernel reads each row twice
 (an online max/sum pass, then a gradient pass) and writes ``scale * (softmax - smoothed one-hot)``
-over the row itself, as Liger-Kernel does. One program handles one row; rows are independent.
+over the row itself, as Liger-Kernel does. One program handles one row; rows are independent. The vocabulary size is a compile-time
+constant (one compilation per vocabulary; it also keeps triton's interpreter happy).
 
 Import is gated: without triton, ``HAS_TRITON`` is False and the torch path is used. The kernel
 runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests only).
@@ -53,9 +54,9 @@ if HAS_TRITON:
         labels_ptr,
         scale_ptr,
         loss_ptr,
-        n_cols,
         ignore_index,
         smoothing,
+        N_COLS: tl.constexpr,
         HAS_SCALE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -66,36 +67,36 @@ if HAS_TRITON:
         if label == ignore_index:
             tl.store(loss_ptr + row, 0.0)
             if HAS_SCALE:
-                for start in range(0, n_cols, BLOCK):
+                for start in range(0, N_COLS, BLOCK):
                     cols = start + offsets
-                    tl.store(row_ptr + cols, tl.zeros([BLOCK], tl.float32), mask=cols < n_cols)
+                    tl.store(row_ptr + cols, tl.zeros([BLOCK], tl.float32), mask=cols < N_COLS)
             return
         # Pass 1: online max and sum of exp, plus the plain sum for label smoothing.
         running_max = -float("inf")
         running_sum = 0.0
         logits_sum = 0.0
-        for start in range(0, n_cols, BLOCK):
+        for start in range(0, N_COLS, BLOCK):
             cols = start + offsets
-            z = tl.load(row_ptr + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
+            z = tl.load(row_ptr + cols, mask=cols < N_COLS, other=-float("inf")).to(tl.float32)
             new_max = tl.maximum(running_max, tl.max(z, axis=0))
             running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(
                 tl.exp(z - new_max), axis=0
             )
             running_max = new_max
-            logits_sum += tl.sum(tl.where(cols < n_cols, z, 0.0), axis=0)
+            logits_sum += tl.sum(tl.where(cols < N_COLS, z, 0.0), axis=0)
         lse = running_max + tl.log(running_sum)
         z_label = tl.load(row_ptr + label).to(tl.float32)
-        loss = lse - (1.0 - smoothing) * z_label - smoothing * logits_sum / n_cols
+        loss = lse - (1.0 - smoothing) * z_label - smoothing * logits_sum / N_COLS
         tl.store(loss_ptr + row, loss)
         if HAS_SCALE:
             # Pass 2: d loss / d z = softmax(z) - (1 - eps) * onehot(label) - eps / V, scaled.
             scale = tl.load(scale_ptr + row).to(tl.float32)
-            for start in range(0, n_cols, BLOCK):
+            for start in range(0, N_COLS, BLOCK):
                 cols = start + offsets
-                z = tl.load(row_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
-                grad = tl.exp(z - lse) - smoothing / n_cols
+                z = tl.load(row_ptr + cols, mask=cols < N_COLS, other=0.0).to(tl.float32)
+                grad = tl.exp(z - lse) - smoothing / N_COLS
                 grad = tl.where(cols == label, grad - (1.0 - smoothing), grad)
-                tl.store(row_ptr + cols, grad * scale, mask=cols < n_cols)
+                tl.store(row_ptr + cols, grad * scale, mask=cols < N_COLS)
 
 
 def triton_cross_entropy_rows(
@@ -122,9 +123,9 @@ def triton_cross_entropy_rows(
         labels.contiguous(),
         scale,
         losses,
-        num_cols,
         ignore_index,
         float(label_smoothing),
+        N_COLS=num_cols,
         HAS_SCALE=row_scale is not None,
         BLOCK=min(BLOCK_SIZE, triton.next_power_of_2(num_cols)),
         num_warps=8,

@@ -27,7 +27,7 @@ if HAS_TRITON:
         valid_ptr,
         scale_ptr,
         loss_ptr,
-        n_cols,
+        N_COLS: tl.constexpr,
         HAS_SCALE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -38,18 +38,18 @@ if HAS_TRITON:
         if tl.load(valid_ptr + row) == 0:
             tl.store(loss_ptr + row, 0.0)
             if HAS_SCALE:
-                for start in range(0, n_cols, BLOCK):
+                for start in range(0, N_COLS, BLOCK):
                     cols = start + offsets
-                    tl.store(proxy_row + cols, tl.zeros([BLOCK], tl.float32), mask=cols < n_cols)
+                    tl.store(proxy_row + cols, tl.zeros([BLOCK], tl.float32), mask=cols < N_COLS)
             return
         max_p = -float("inf")
         sum_p = 0.0
         max_t = -float("inf")
         sum_t = 0.0
         cross = 0.0  # sum_v exp(z_t - max_t) * (z_t - z_p), rescaled as max_t grows
-        for start in range(0, n_cols, BLOCK):
+        for start in range(0, N_COLS, BLOCK):
             cols = start + offsets
-            inside = cols < n_cols
+            inside = cols < N_COLS
             z_p = tl.load(proxy_row + cols, mask=inside, other=-float("inf")).to(tl.float32)
             z_t = tl.load(target_row + cols, mask=inside, other=-float("inf")).to(tl.float32)
             new_max_p = tl.maximum(max_p, tl.max(z_p, axis=0))
@@ -67,9 +67,9 @@ if HAS_TRITON:
         tl.store(loss_ptr + row, cross / sum_t - lse_t + lse_p)
         if HAS_SCALE:
             scale = tl.load(scale_ptr + row).to(tl.float32)
-            for start in range(0, n_cols, BLOCK):
+            for start in range(0, N_COLS, BLOCK):
                 cols = start + offsets
-                inside = cols < n_cols
+                inside = cols < N_COLS
                 z_p = tl.load(proxy_row + cols, mask=inside, other=0.0).to(tl.float32)
                 z_t = tl.load(target_row + cols, mask=inside, other=0.0).to(tl.float32)
                 grad = tl.exp(z_p - lse_p) - tl.exp(z_t - lse_t)
@@ -100,7 +100,7 @@ def triton_kl_rows(
         valid.to(torch.int8).contiguous(),
         scale,
         losses,
-        num_cols,
+        N_COLS=num_cols,
         HAS_SCALE=row_scale is not None,
         BLOCK=min(BLOCK_SIZE, triton.next_power_of_2(num_cols)),
         num_warps=8,
