@@ -12,7 +12,8 @@ for bf16 inputs) unless the head's optional ``keeps_dtype(hidden)`` says it work
 logits directly (the Triton kernels do: they upcast in registers, as Liger does); when
 ``row_scale`` (``[n]``) is given, the head must overwrite ``logits`` with
 ``row_scale[:, None] * d loss_row / d logits``. Heads must give zero loss and zero gradient to
-rows they consider invalid (ignored labels, masked positions).
+rows they consider invalid (ignored labels, masked positions). The chunk is scratch space: a head
+may overwrite it even without a row scale.
 
 Two autograd Functions use it:
 

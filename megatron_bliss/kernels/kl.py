@@ -33,15 +33,19 @@ def torch_kl_rows(
     valid: torch.Tensor,
     row_scale: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Per-row KL(p_t || p_p) of a chunk; proxy_logits become ``scale * (p_p - p_t)`` if scaled."""
+    """Per-row KL(p_t || p_p) of a chunk; proxy_logits become ``scale * (p_p - p_t)`` if scaled.
+
+    ``proxy_logits`` is a scratch chunk (overwritten with log p_proxy, then the gradient); only
+    two more chunk-sized buffers are made (log p_target, p_target).
+    """
     log_p_target = torch.log_softmax(target_logits, dim=-1)
     p_target = log_p_target.exp()
-    log_p_proxy = torch.log_softmax(proxy_logits, dim=-1)
-    loss = (p_target * (log_p_target - log_p_proxy)).sum(dim=-1)
+    log_p_proxy = proxy_logits.sub_(torch.logsumexp(proxy_logits, dim=-1, keepdim=True))
+    loss = torch.einsum("ij,ij->i", p_target, log_p_target.sub_(log_p_proxy))
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if row_scale is not None:
         scale = torch.where(valid, row_scale, torch.zeros_like(row_scale)).unsqueeze(1)
-        proxy_logits.copy_(log_p_proxy.exp_().sub_(p_target).mul_(scale))
+        log_p_proxy.exp_().sub_(p_target).mul_(scale)
     return loss
 
 
