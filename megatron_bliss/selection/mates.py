@@ -299,11 +299,13 @@ class MatesSelector(Selector):
     def regressor_preset(self) -> str:
         if self.config.regressor_preset:
             return self.config.regressor_preset
-        if self.context.model_preset:
+        model_type = getattr(getattr(self.context.target_model, "config", None), "model_type", "")
+        if model_type in MODEL_TYPE_FAMILY:  # the loaded model decides; the preset name may lag
+            family = MODEL_TYPE_FAMILY[model_type]
+        elif self.context.model_preset:
             family = get_preset(self.context.model_preset).family
         else:
-            model_type = self.context.target_model.config.model_type
-            family = MODEL_TYPE_FAMILY.get(model_type, "pythia")
+            family = "pythia"
         return FAMILY_REGRESSOR[family]
 
     def build_regressor(self) -> MatesRegressor:
