@@ -207,9 +207,9 @@ class TrainingStage:
         name = self.config.data.tokenizer
         if not name:
             return None
-        from transformers import AutoTokenizer
+        from megatron_bliss.data.tokenizer import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        tokenizer = load_tokenizer(name)  # HF dir or hub name, tokenizers *.json, spm *.model
         if self.context.is_main:
             target = self.run_dir / "tokenizer"
             temporary = self.run_dir / ".tokenizer.tmp"
@@ -290,8 +290,11 @@ class TrainingStage:
     def _batch_options(self) -> BatchOptions:
         data = self.config.data
         eod = data.eod_token_id
-        if eod is None and self.tokenizer is not None:
-            eod = self.tokenizer.eos_token_id
+        wanted = data.eod_mask_loss or data.reset_position_ids or data.reset_attention_mask
+        if eod is None and self.tokenizer is not None and wanted:
+            from megatron_bliss.data.tokenizer import resolve_eod_id
+
+            eod = resolve_eod_id(self.tokenizer)
         flash = self.model.config._attn_implementation == "flash_attention_2"
         if data.reset_attention_mask and flash and not data.reset_position_ids:
             raise ConfigError(

@@ -1,0 +1,138 @@
+"""The Python half of ``launch_scripts/*.sh`` (each file is both a bash and a python script).
+
+``bash launch_scripts/X.sh`` runs the bash half, which re-launches the same file with torchrun
+(single node or ``NNODES``/``NODE_RANK``/``MASTER_ADDR``) or with ``deepspeed --hostfile`` when
+``HOSTFILE`` is set. ``deepspeed launch_scripts/X.sh`` runs the file with python on every rank,
+which lands here directly. Every rank then calls ``launch``: optional tiny-data preparation (rank 0
+builds, the others wait for its ready file), training, and an export of the final checkpoint.
+
+Environment (all optional): RUN_DIR, DATA_PREFIX, TOKENIZER, EXPORT (1/0), EXTRA (overrides).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from megatron_bliss.utils.paths import REPO_ROOT, shared_data_dir
+
+logger = logging.getLogger(__name__)
+
+C4_SAMPLE = "c4/c4-en-train.00000-of-01024.first1000.jsonl"
+C4_VALID = "c4/c4-en-demo.300docs.jsonl"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def _run_tool(arguments: list[str]) -> None:
+    command = [sys.executable, "-m", "megatron_bliss.cli", *arguments]
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1"}
+    completed = subprocess.run(command, env=env, cwd=REPO_ROOT)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(arguments[:1])} failed with exit code {completed.returncode}"
+        )
+
+
+def prepare_tiny_data(data_dir: Path, timeout_s: float = 900.0) -> tuple[str, str]:
+    """(shard prefix, tokenizer dir) for the tiny CPU run, built once on rank 0.
+
+    Corpus: the C4 samples of ``../shared/data`` when present, else the built-in text (90/10
+    train/held-out); tokenizer: a 2k byte-level BPE trained on it (keeps the embedding small).
+    """
+    prefix, tokenizer = data_dir / "tiny_text_document", data_dir / "tokenizer"
+    ready = data_dir / "READY"
+    if _rank() == 0 and not ready.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        train_corpus, valid_corpus = _tiny_corpora(data_dir)
+        _run_tool(["train-tokenizer", "--input", str(train_corpus), "--vocab-size", "2048",
+                   "--output", str(tokenizer)])  # fmt: skip
+        for name, corpus in (("tiny", train_corpus), ("valid", valid_corpus)):
+            _run_tool(["preprocess", "--input", str(corpus), "--output-prefix",
+                       str(data_dir / name), "--tokenizer", str(tokenizer), "--workers", "1",
+                       "--append-eod"])  # fmt: skip
+        ready.write_text("ok\n")
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ready}: rank 0 did not finish preparing the data")
+        time.sleep(1.0)
+    return str(prefix), str(tokenizer), str(data_dir / "valid_text_document")
+
+
+def _tiny_corpora(data_dir: Path) -> tuple[Path, Path]:
+    """(training, held-out) jsonl: the C4 samples when present, else the built-in text split."""
+    shared = shared_data_dir()
+    if shared and (shared / C4_SAMPLE).exists() and (shared / C4_VALID).exists():
+        logger.info("tiny data: C4 sample from %s", shared / "c4")
+        return shared / C4_SAMPLE, shared / C4_VALID
+    from megatron_bliss.data.builtin_corpus import write_builtin_jsonl
+
+    corpus = write_builtin_jsonl(data_dir / "builtin.jsonl")
+    lines = corpus.read_text().splitlines(keepends=True)
+    held_out = max(1, len(lines) // 10)
+    train, valid = data_dir / "builtin_train.jsonl", data_dir / "builtin_valid.jsonl"
+    train.write_text("".join(lines[:-held_out]))
+    valid.write_text("".join(lines[-held_out:]))
+    logger.info("tiny data: built-in text (%d documents, %d held out)", len(lines), held_out)
+    return train, valid
+
+
+def launch(config_path: str, tiny_data: bool = False) -> int:
+    """Train (and export) with ``config_path`` plus environment overrides; every rank calls it."""
+    from megatron_bliss.utils.logging import setup_logging
+
+    setup_logging()
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+    overrides = [
+        arg for arg in sys.argv[1:] if not arg.startswith(("--local_rank", "--local-rank"))
+    ]
+    run_dir = os.environ.get("RUN_DIR")
+    if run_dir:
+        overrides.append(f"run_dir={run_dir}")
+    if tiny_data and not os.environ.get("DATA_PREFIX"):
+        base = Path(run_dir or "runs/pretrain_tiny_cpu")
+        prefix, tokenizer, valid = prepare_tiny_data(base / "data")
+        overrides += [f"data.prefix={prefix}", f"data.tokenizer={tokenizer}"]
+        overrides += [f"data.valid_prefix={valid}"]
+    if os.environ.get("DATA_PREFIX"):
+        overrides.append(f"data.prefix={os.environ['DATA_PREFIX']}")
+    if os.environ.get("TOKENIZER"):
+        overrides.append(f"data.tokenizer={os.environ['TOKENIZER']}")
+    overrides += shlex.split(os.environ.get("EXTRA", ""))
+    return _train_and_export(str(REPO_ROOT / config_path), overrides)
+
+
+def _train_and_export(config_path: str, overrides: list[str]) -> int:
+    import torch.distributed as dist
+
+    from megatron_bliss.config import ConfigError
+    from megatron_bliss.engine.config import load_pretrain_config
+    from megatron_bliss.engine.trainer import pretrain
+
+    try:
+        config = load_pretrain_config(config_path, overrides)
+        summary = pretrain(config)
+        if _rank() == 0 and os.environ.get("EXPORT", "1") == "1" and summary["checkpoint"]:
+            from megatron_bliss.engine.export import export_hf
+
+            output = export_hf(summary["checkpoint"], Path(summary["run_dir"]) / "hf")
+            print(f"trained to step {summary['final_step']}; exported {output}", flush=True)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"pretrain: error: {error}", file=sys.stderr, flush=True)
+        os._exit(2)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    # The deepspeed launcher occasionally aborts in C++ teardown after a clean run (stack notes).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
