@@ -45,19 +45,31 @@ def ngram_index(texts: Iterable[str], n: int = NGRAM) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
 
 
+def contains(index: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Membership of ``hashes`` in the sorted unique ``index`` (binary search, no re-sorting)."""
+    if len(index) == 0:
+        return np.zeros(len(hashes), dtype=bool)
+    positions = np.searchsorted(index, hashes).clip(max=len(index) - 1)
+    return index[positions] == hashes
+
+
 def contaminated_share(documents: list[str], index: np.ndarray, n: int = NGRAM) -> float | None:
     """Share of ``documents`` with at least one n-gram in ``index`` (None without documents).
 
-    Documents shorter than n words cannot match and count as clean.
+    Documents shorter than n words cannot match and count as clean. All documents' n-grams are
+    looked up in one vectorised binary search over the sorted index.
     """
     if not documents:
         return None
-    hits = sum(
-        1
-        for text in documents
-        if len(hashes := ngram_hashes(text, n)) and np.isin(hashes, index).any()
-    )
-    return hits / len(documents)
+    per_document = [ngram_hashes(text, n) for text in documents]
+    lengths = np.array([len(hashes) for hashes in per_document], dtype=np.int64)
+    if lengths.sum() == 0:
+        return 0.0
+    found = contains(index, np.concatenate(per_document))
+    owners = np.repeat(np.arange(len(documents)), lengths)
+    contaminated = np.zeros(len(documents), dtype=bool)
+    contaminated[owners[found]] = True
+    return float(contaminated.mean())
 
 
 def document_text(row: dict) -> str:
