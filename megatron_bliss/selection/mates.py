@@ -10,8 +10,11 @@
    tokenizer instead: a small backbone of the target's family from ``models.presets`` (default
    ``pythia-14m`` / ``llama-tiny``, trained from scratch), mean pooling over tokens and a linear
    head, MSE on z-scored labels, 90/10 split, best epoch by held-out Spearman correlation.
-3. **Scoring.** ``score = -predicted post-step loss`` (higher = more useful); the selection rule's
-   Gumbel-top-k (MATES: temperature 0.5) picks the subset.
+3. **Scoring.** The regressor is the project's shared ``ScoreModel`` (backbone, mean pooling,
+   linear head, sigmoid) trained so that its logit predicts the *negated* z-scored label, so
+   ``score = sigmoid(logit)`` is monotone in -predicted post-step loss (higher = more useful) and
+   the saved ``score_model/`` is read by ``megatron-bliss score`` unchanged. The selection rule's
+   Gumbel-top-k (MATES: temperature 0.5 on the raw prediction) picks the subset.
 
 Differences from the paper, on purpose: probes are drawn from the pool being scored (MATES probes a
 disjoint C4 slice), and the optimizer starts from a fresh AdamW state unless ``ProbeRunner`` is
@@ -21,7 +24,6 @@ given one (the selection context carries the model, not its optimizer).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModel
 
 from megatron_bliss.data.target_set import IGNORE_INDEX, TargetSet
 from megatron_bliss.models.presets import build_config, get_preset
@@ -41,16 +41,11 @@ from megatron_bliss.selection.perplexity import (
     require_target_model,
     sequence_losses,
 )
-from megatron_bliss.utils.io import (
-    atomic_path,
-    atomic_save_npy,
-    atomic_write_json,
-    atomic_write_text,
-)
+from megatron_bliss.selection.score_model import ScoreModel, build_backbone, load_score_model
+from megatron_bliss.utils.io import atomic_save_npy
 
 logger = logging.getLogger(__name__)
 
-SCORE_MODEL_FORMAT = "megatron_bliss.mates_regressor"
 FAMILY_REGRESSOR = {"pythia": "pythia-14m", "llama": "llama-tiny"}
 MODEL_TYPE_FAMILY = {"gpt_neox": "pythia", "llama": "llama"}
 
@@ -144,49 +139,6 @@ class ProbeRunner:
         return value
 
 
-class MatesRegressor(torch.nn.Module):
-    """Data influence model: a causal-LM backbone, mean pooling over tokens, a linear head."""
-
-    def __init__(self, backbone_config):
-        super().__init__()
-        self.backbone = AutoModel.from_config(backbone_config)
-        self.head = torch.nn.Linear(backbone_config.hidden_size, 1)
-
-    def get_input_embeddings(self) -> torch.nn.Module:
-        return self.backbone.get_input_embeddings()
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids).last_hidden_state
-        return self.head(hidden.mean(dim=1)).squeeze(-1).float()
-
-    def save(self, directory: Path, metadata: dict) -> None:
-        """``config.json`` (backbone), ``model.safetensors`` and ``score_model.json`` (how to score)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "config.json", self.backbone.config.to_json_string())
-        state = {
-            name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()
-        }
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
-        atomic_write_json(
-            directory / "score_model.json", {"format": SCORE_MODEL_FORMAT, **metadata}
-        )
-
-    @classmethod
-    def load(cls, directory: str | Path) -> tuple[MatesRegressor, dict]:
-        """The regressor saved by ``save`` and its metadata."""
-        directory = Path(directory)
-        meta_path = directory / "score_model.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path}: not a MATES score model directory")
-        metadata = json.loads(meta_path.read_text())
-        if metadata.get("format") != SCORE_MODEL_FORMAT:
-            raise ValueError(f"{meta_path}: format is not {SCORE_MODEL_FORMAT}")
-        model = cls(AutoConfig.from_pretrained(directory))
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return model.eval(), metadata
-
-
 def spearman(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Spearman rank correlation (ties broken by order; labels are continuous)."""
     if len(actual) < 2:
@@ -197,28 +149,33 @@ def spearman(predicted: np.ndarray, actual: np.ndarray) -> float:
 
 
 def predict(
-    regressor: MatesRegressor,
+    regressor: ScoreModel,
     pool,
     indices: np.ndarray,
     batch_size: int,
     device: torch.device,
 ) -> np.ndarray:
-    """Regressor outputs (z-scored post-step loss) for ``pool[indices]``, float64."""
+    """Regressor logits (predicted usefulness = -z-scored post-step loss) for ``pool[indices]``."""
     regressor.eval()
     out = np.zeros(len(indices), dtype=np.float64)
     with torch.inference_mode():
         for start in range(0, len(indices), batch_size):
             tokens = torch.from_numpy(pool.batch(indices[start : start + batch_size])).to(device)
-            out[start : start + len(tokens)] = regressor(tokens[:, : pool.seq_length]).cpu()
+            out[start : start + len(tokens)] = regressor.logits(tokens[:, : pool.seq_length]).cpu()
     return out
 
 
 def score_pool_with_saved_model(directory: str | Path, pool, device=None, batch_size: int = 64):
-    """Scores of every ``pool`` sequence with a saved regressor (for ``megatron-bliss score``)."""
+    """Scores of every ``pool`` sequence with a saved regressor (what ``score --scorer`` gives)."""
     device = device or torch.device("cpu")
-    regressor, _ = MatesRegressor.load(directory)
-    predicted = predict(regressor.to(device), pool, np.arange(len(pool)), batch_size, device)
-    return (-predicted).astype(np.float32)
+    regressor = load_score_model(directory, device)
+    logits = predict(regressor, pool, np.arange(len(pool)), batch_size, device)
+    return usefulness_to_score(logits)
+
+
+def usefulness_to_score(logits: np.ndarray) -> np.ndarray:
+    """``sigmoid(logit)``: the shared score-model output, monotone in -predicted loss."""
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 class MatesSelector(Selector):
@@ -251,7 +208,7 @@ class MatesSelector(Selector):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.regressor: MatesRegressor | None = None
+        self.regressor: ScoreModel | None = None
         self.metrics: dict = {}
         self.probe_indices: np.ndarray | None = None
         self.labels: np.ndarray | None = None
@@ -308,23 +265,24 @@ class MatesSelector(Selector):
             family = "pythia"
         return FAMILY_REGRESSOR[family]
 
-    def build_regressor(self) -> MatesRegressor:
+    def build_regressor(self) -> ScoreModel:
         vocab = self.context.target_model.get_input_embeddings().weight.shape[0]
         preset = self.regressor_preset()
         positions = max(get_preset(preset).max_positions, self.context.pool.seq_length)
         config = build_config(preset, vocab_size=vocab, max_positions=positions)
         torch.manual_seed(self.context.seed)
-        return MatesRegressor(config).to(self.context.device)
+        return ScoreModel(build_backbone(config), seed=self.context.seed).to(self.context.device)
 
     def train_regressor(self, indices: np.ndarray, labels: np.ndarray) -> None:
-        """MSE on z-scored labels; keeps the epoch with the best held-out Spearman."""
+        """MSE of the logit on the negated z-scored labels (so higher = more useful); keeps the
+        epoch with the best held-out Spearman correlation between logit and -label."""
         c, device, pool = self.config, self.context.device, self.context.pool
         rng = np.random.default_rng(self.context.seed + 1)
         order = rng.permutation(len(indices))
         num_holdout = max(1, round(c.holdout_fraction * len(indices))) if len(indices) > 4 else 0
         held, train = order[:num_holdout], order[num_holdout:]
         mean, std = float(labels[train].mean()), float(labels[train].std() + 1e-8)
-        targets = torch.tensor((labels - mean) / std, dtype=torch.float32)
+        targets = torch.tensor(-(labels - mean) / std, dtype=torch.float32)
         regressor = self.build_regressor()
         optimizer = torch.optim.AdamW(
             regressor.parameters(), lr=c.regressor_lr, weight_decay=c.regressor_weight_decay
@@ -336,19 +294,20 @@ class MatesSelector(Selector):
             for start in range(0, len(epoch_rows), c.regressor_batch_size):
                 rows = epoch_rows[start : start + c.regressor_batch_size]
                 tokens = torch.from_numpy(pool.batch(indices[rows])).to(device)
-                loss = F.mse_loss(regressor(tokens[:, : pool.seq_length]), targets[rows].to(device))
+                logits = regressor.logits(tokens[:, : pool.seq_length]).float()
+                loss = F.mse_loss(logits, targets[rows].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             held_rho = spearman(
-                predict(regressor, pool, indices[held], c.score_batch_size, device), labels[held]
+                predict(regressor, pool, indices[held], c.score_batch_size, device), -labels[held]
             )
             logger.info("mates regressor epoch %d: held-out spearman %.4f", epoch, held_rho)
             if len(held) == 0 or np.isnan(held_rho) or held_rho > best[0]:
                 best = (held_rho, copy.deepcopy(regressor.state_dict()), epoch)
         regressor.load_state_dict(best[1])
         self.regressor = regressor
-        reg_flops = forward_flops_per_token(regressor) * pool.seq_length
+        reg_flops = forward_flops_per_token(regressor.backbone) * pool.seq_length
         self.flops += reg_flops * (3 * len(train) + len(held)) * c.regressor_epochs
         self.metrics = {
             "num_probes": len(indices),
@@ -373,7 +332,8 @@ class MatesSelector(Selector):
         logger.info("mates: %s", self.metrics)
 
     def score(self) -> np.ndarray:
-        """``-predicted post-step target loss`` of every pool sequence, float32."""
+        """``sigmoid(predicted usefulness)`` of every pool sequence (monotone in -predicted
+        post-step target loss), float32: the same numbers ``megatron-bliss score`` gives."""
         if self.regressor is None:
             self.fit()
         pool = self.context.pool
@@ -384,22 +344,23 @@ class MatesSelector(Selector):
             self.config.score_batch_size,
             self.context.device,
         )
-        self.flops += forward_flops_per_token(self.regressor) * pool.seq_length * len(pool)
-        return (-predicted).astype(np.float32)
+        self.flops += forward_flops_per_token(self.regressor.backbone) * pool.seq_length * len(pool)
+        return usefulness_to_score(predicted)
 
     def save(self, run_dir: Path) -> None:
-        """The regressor under ``run_dir/score_model/`` plus the probe labels and metrics."""
+        """The regressor under ``run_dir/score_model/`` in the shared score-model format (so
+        ``megatron-bliss score --scorer`` reads it), plus the probe labels and metrics."""
         if self.regressor is None:
             raise ValueError("mates: nothing to save before fit()")
         directory = Path(run_dir) / "score_model"
         metadata = {
             "method": self.name,
             "seq_length": self.context.pool.seq_length,
-            "score": "-(predicted z-scored target loss after one AdamW step)",
+            "score": "sigmoid(-(predicted z-scored target loss after one AdamW step))",
             "pooling": "mean",
             "probe": asdict(self.probe_settings()),
             **self.metrics,
         }
-        self.regressor.save(directory, metadata)
+        self.regressor.save(directory, metadata, tokenizer=self.context.tokenizer)
         labels = np.stack([self.probe_indices.astype(np.float64), self.labels], axis=1)
         atomic_save_npy(directory / "probe_labels.npy", labels)  # columns: pool index, label

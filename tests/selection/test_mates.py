@@ -21,6 +21,7 @@ from megatron_bliss.selection.mates import (
     target_loss,
 )
 from megatron_bliss.selection.perplexity import sequence_losses
+from megatron_bliss.selection.score_model import load_score_model
 from tests.conftest import build_shard
 
 SEQ = 16
@@ -112,6 +113,11 @@ def test_fit_score_save_round_trip(setup, tmp_path):
     selector.save(tmp_path)
     reloaded = score_pool_with_saved_model(tmp_path / "score_model", pool, batch_size=5)
     np.testing.assert_allclose(reloaded, scores, rtol=1e-5, atol=1e-6)
+    from megatron_bliss.selection.scoring import score_pool  # what `megatron-bliss score` runs
+
+    shared = load_score_model(tmp_path / "score_model")
+    via_cli = score_pool(shared, pool, batch_size=7, device=torch.device("cpu"))
+    np.testing.assert_allclose(via_cli, scores, rtol=1e-5, atol=1e-6)
     again = make_selector(setup, tmp_path).score()
     np.testing.assert_array_equal(again, scores)
 
@@ -123,5 +129,5 @@ def test_spearman_and_errors(setup, tmp_path):
     context = SelectionContext(pool=pool, run_dir=tmp_path, target_model=model)
     with pytest.raises(ValueError, match="target set"):
         MatesSelector(MatesSelector.Config(num_probes=2), context).fit()
-    with pytest.raises(FileNotFoundError, match="score model"):
+    with pytest.raises(FileNotFoundError, match=r"score_model\.json"):
         score_pool_with_saved_model(tmp_path / "nowhere", pool)
