@@ -4,6 +4,8 @@ export round trip through the CLI, activation checkpointing, and the dry run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -75,6 +77,23 @@ def test_hard_kill_resume_files_and_export(make_config, tiny_shard, tmp_path, ca
             input_ids=probe
         ).logits
     torch.testing.assert_close(from_dir, from_checkpoint, rtol=0, atol=0)
+
+    # init_from the export (loaded under ZeRO-3): starts where the trained run ended.
+    warm = pretrain(make_config("warm", **{"model.init_from": str(output), "train.train_steps": 1}))
+    assert warm["losses"][0] < full["losses"][0] - 0.1
+
+
+def test_sigterm_checkpoints_and_stops(make_config, tmp_path):
+    def preempt(step, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    summary = pretrain(make_config("preempted"), Hooks(on_step_end=preempt))
+    assert summary["interrupted"] and summary["final_step"] == 2
+    latest = tmp_path / "preempted" / "checkpoints" / "latest"
+    assert latest.read_text().strip() == "global_step2"
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
 
 
 def test_gradient_checkpointing_and_dry_run(make_config, tmp_path, capsys):

@@ -1,0 +1,28 @@
+"""Launch scripts are bash/python polyglots: each must parse as python, name a shipped config
+whose ds_config exists, and stay executable (the tiny CPU script is run end to end by hand and
+by ``make demo``; the forms are documented in the scripts' headers)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+import pytest
+
+from megatron_bliss.engine.config import load_pretrain_config, resolve_path
+from megatron_bliss.utils.paths import REPO_ROOT
+
+SCRIPTS = ["410m", "1b", "2p8b", "llama_0p5b", "tiny_cpu"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_launch_script_is_python_and_its_config_loads(name):
+    script = REPO_ROOT / "launch_scripts" / f"pretrain_{name}.sh"
+    text = script.read_text()
+    ast.parse(text)  # what the deepspeed launcher / torchrun execute on every rank
+    assert text.startswith('#!/usr/bin/env bash\n""":"\n') and os.access(script, os.X_OK)
+    config_path = re.search(r'launch\("([^"]+)"', text).group(1)
+    config = load_pretrain_config(REPO_ROOT / config_path)
+    assert resolve_path(config.deepspeed.config).exists()
+    assert config.train.global_batch_size == (16 if name == "tiny_cpu" else 512)
