@@ -198,9 +198,15 @@ class TrainingStage:
         )
         self._initialize_engine()
         self.step, self.consumed_samples = 0, 0
-        self._resume()
-        self._write_run_info()
-        self.sink = MetricSink(self.run_dir, context.is_main, config.logging.tensorboard)
+        try:
+            self._resume()
+            if self.step == 0 and context.is_main:
+                truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # a fresh start
+            self._write_run_info()
+            self.sink = MetricSink(self.run_dir, context.is_main, config.logging.tensorboard)
+        except BaseException:
+            self.close()  # pretrain() never sees this object: free the engine here
+            raise
 
     # ---------------------------------------------------------------- set-up
     def _load_tokenizer(self):
