@@ -37,7 +37,6 @@ from megatron_bliss.selection.base import SelectionContext
 from megatron_bliss.selection.bliss import BlissSelector
 from megatron_bliss.selection.proxy import freeze, lm_logits, pool_batch, sequence_ce, warmup_lm
 from megatron_bliss.selection.score_model import ScoreModel
-from megatron_bliss.selection.scoring import score_pool
 from megatron_bliss.utils.logging import setup_logging
 from megatron_bliss.utils.paths import shared_data_dir
 
@@ -125,11 +124,11 @@ def auc_per_kind(scores, labels, purity) -> dict[str, float]:
     return out
 
 
-def pool_losses(model, pool, device, batch_size=64) -> np.ndarray:
+def pool_losses(model, pool, subset, device, batch_size=64) -> np.ndarray:
     losses = []
     with torch.inference_mode():
-        for start in range(0, len(pool), batch_size):
-            tokens = pool_batch(pool, np.arange(start, min(len(pool), start + batch_size)), device)
+        for start in range(0, len(subset), batch_size):
+            tokens = pool_batch(pool, subset[start : start + batch_size], device)
             losses.append(sequence_ce(lm_logits(model, tokens), tokens).numpy())
     return np.concatenate(losses)
 
@@ -160,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--warmup-steps", type=int, default=150)
+    parser.add_argument("--warm-target", default=None, help="reuse a warmed-up target directory")
+    parser.add_argument("--eval-sequences", type=int, default=3000, help="AUC on a random subset")
     parser.add_argument(
         "--separate-proxy", action="store_true",
         help="warm up a separate proxy (default: the warm tiny target doubles as the warm proxy, "
@@ -182,14 +183,19 @@ def main(argv=None) -> int:
     target_path.write_text("".join(json.dumps({"text": t}) + "\n" for t in c4_target))
     target_set = TargetSet.from_jsonl(target_path, tokenizer, "documents", 256)
     device = torch.device("cpu")
-    target = build_model("pythia-tiny-128", vocab, args.seq_length + 1)
-    warmup_lm(target, pool, steps=args.warmup_steps, batch_size=16, lr=3e-3, seed=2, device=device)
-    freeze(target)
-    warm_proxy_dir = None
-    if not args.separate_proxy:
-        warm_proxy_dir = str(workdir / "warm_target")
-        target.save_pretrained(warm_proxy_dir)
-    results: dict = {"smoke": smoke, "pool_sequences": len(pool), "bliss": {}}
+    target, warm_proxy_dir = warm_target(args, pool, vocab, workdir, device)
+    subset = np.sort(np.random.default_rng(0).permutation(len(pool))[: args.eval_sequences])
+    labels, purity = labels[subset], purity[subset]
+    results: dict = {"smoke": smoke, "pool_sequences": len(pool), "eval_sequences": len(subset)}
+
+    def report(key, value):
+        results[key] = value
+        logger.info("%s: %s", key, value)
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+    if warm_proxy_dir is not None:
+        report(**baselines(warm_proxy_dir, pool, subset, labels, purity, target_set, device))
 
     base = BlissSelector.Config(
         proxy_preset="pythia-tiny-128", proxy_warmup_steps=args.warmup_steps, proxy_warmup_lr=3e-3,
@@ -202,41 +208,76 @@ def main(argv=None) -> int:
         tokenizer=tokenizer, device=device, seed=0,
     )  # fmt: skip
     for solver in args.solvers:
+        torch.manual_seed(0)
         config = dataclasses.replace(base, solver=solver, proxy_init=warm_proxy_dir)
         selector = BlissSelector(config, context)
         selector.fit()
-        scores = selector.score()
-        warm_proxy_dir = warm_proxy_dir or str(workdir / "run" / "proxy_warmup")
-        last = selector.history[-1]
-        results["bliss"][solver] = {
-            "auc": auc_per_kind(scores, labels, purity),
-            "bilevel_seconds": round(selector.seconds["bilevel"], 1),
-            "score_std_final": round(last["score_std"], 5),
-        }
-        logger.info("bliss %s: %s", solver, results["bliss"][solver])
+        scores = score_subset(selector.score_model, pool, subset, device)
+        if warm_proxy_dir is None:
+            warm_proxy_dir = str(workdir / "run" / "proxy_warmup")
+            report(**baselines(warm_proxy_dir, pool, subset, labels, purity, target_set, device))
+        auc_values = auc_per_kind(scores, labels, purity)
+        seconds = selector.seconds["bilevel"]
+        report(f"bliss_{solver}", {
+            "outer_steps": args.outer_steps,
+            "auc": auc_values,
+            "bilevel_seconds": round(seconds, 1),
+            "auc_gain_per_100s": {k: round(100 * (v - 0.5) / seconds, 4) for k, v in auc_values.items()},
+            "score_std_final": round(selector.history[-1]["score_std"], 5),
+        })  # fmt: skip
+    print(json.dumps(results, indent=2))
+    return 0
 
+
+def warm_target(args, pool, vocab, workdir, device):
+    """The frozen tiny target (warmed up here or reused) and, by default, its copy as proxy."""
     from transformers import AutoModelForCausalLM
 
-    warm = freeze(AutoModelForCausalLM.from_pretrained(warm_proxy_dir))
-    warm_loss = pool_losses(warm, pool, device)
-    results["proxy_loss"] = auc_per_kind(-warm_loss, labels, purity)
-    untrained = []
-    for seed in range(5):
-        head = ScoreModel.from_causal_lm(warm, 0.02, seed)
-        untrained.append(auc_per_kind(score_pool(head, pool, 64, device), labels, purity))
-    results["untrained_head"] = {
-        kind: [min(u[kind] for u in untrained), max(u[kind] for u in untrained)]
-        for kind in untrained[0]
-    }
+    if args.warm_target:
+        target = AutoModelForCausalLM.from_pretrained(args.warm_target)
+        return freeze(target), None if args.separate_proxy else args.warm_target
+    target = build_model("pythia-tiny-128", vocab, args.seq_length + 1)
+    warmup_lm(target, pool, steps=args.warmup_steps, batch_size=16, lr=3e-3, seed=2, device=device)
+    freeze(target)
+    if args.separate_proxy:
+        return target, None
+    target.save_pretrained(workdir / "warm_target")
+    return target, str(workdir / "warm_target")
+
+
+def score_subset(model, pool, subset, device, batch_size=64) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(subset), batch_size):
+            tokens = pool_batch(pool, subset[start : start + batch_size], device)
+            out.append(model(tokens[:, :-1]).float().numpy())
+    return np.concatenate(out)
+
+
+def baselines(warm_dir, pool, subset, labels, purity, target_set, device) -> dict:
+    """Proxy loss, untrained score heads (5 seeds: min and max AUC), reducible loss."""
+    from transformers import AutoModelForCausalLM
+
+    warm = freeze(AutoModelForCausalLM.from_pretrained(warm_dir))
+    warm_loss = pool_losses(warm, pool, subset, device)
+    untrained = [
+        auc_per_kind(score_subset(ScoreModel.from_causal_lm(warm, 0.02, seed), pool, subset,
+                                  device), labels, purity)
+        for seed in range(5)
+    ]  # fmt: skip
     tuned = fine_tune_on_target(warm, target_set, steps=30, lr=1e-3, seed=0)
-    results["reducible_loss"] = auc_per_kind(
-        warm_loss - pool_losses(tuned, pool, device), labels, purity
-    )
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 0
+    reducible = warm_loss - pool_losses(tuned, pool, subset, device)
+    return {
+        "key": "baselines",
+        "value": {
+            "proxy_loss": auc_per_kind(-warm_loss, labels, purity),
+            "untrained_head_min_max": {
+                kind: [min(u[kind] for u in untrained), max(u[kind] for u in untrained)]
+                for kind in untrained[0]
+            },
+            "reducible_loss": auc_per_kind(reducible, labels, purity),
+        },
+    }
 
 
 if __name__ == "__main__":
