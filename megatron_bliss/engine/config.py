@@ -82,6 +82,9 @@ class TrainConfig:
     precision: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), bf16 (fp32 master weights), fp32, fp16 (GPU only)."""
     grad_clip: float = 1.0
+    loss_kernel: str = "auto"
+    """auto (fused on CUDA, logits on CPU), fused (chunked linear+cross-entropy: no [B,T,V]
+    logits), logits (materialise logits, then cross-entropy)."""
     device: str = "auto"
     """auto, cpu or cuda."""
 
@@ -194,6 +197,7 @@ def read_ds_json(section: DeepSpeedSection) -> dict[str, Any]:
 _CHOICES = {
     "train.precision": ("auto", "bf16", "fp32", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.loss_kernel": ("auto", "fused", "logits"),
     "schedule.type": ("cosine", "constant"),
     "schedule.decay_style": ("linear", "cosine", "halving"),
     "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2"),

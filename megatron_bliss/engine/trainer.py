@@ -49,6 +49,7 @@ from megatron_bliss.engine.distributed import (
     init_distributed,
 )
 from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.engine.loss import FusedHeadLoss
 from megatron_bliss.engine.metrics import (
     MetricSink,
     device_peak_flops,
@@ -243,14 +244,17 @@ class TrainingStage:
             seed=self.config.train.seed,
             ds_config=self.ds_config if self.zero_stage == 3 else None,
         )
+        self.fused_loss = FusedHeadLoss(model) if self._use_fused_loss() else None
         if self.config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         logger.info(
-            "model %s: %s attention, %.2fM parameters, ZeRO-%d, %s, %d rank(s), accumulation %d",
+            "model %s: %s attention, %s loss, %.2fM parameters, ZeRO-%d, %s, %d rank(s), "
+            "accumulation %d",
             self.config.model.preset,
             model.config._attn_implementation,
+            "fused linear+CE" if self.fused_loss else "logits+CE",
             _count(model) / 1e6,
             self.zero_stage,
             self.precision,
@@ -258,6 +262,11 @@ class TrainingStage:
             self.accumulation,
         )
         return model
+
+    def _use_fused_loss(self) -> bool:
+        """``train.loss_kernel``: auto = fused on CUDA (memory), logits on CPU (bit-compatible)."""
+        choice = self.config.train.loss_kernel
+        return choice == "fused" or (choice == "auto" and self.device.type == "cuda")
 
     def _dataset(self):
         """Sample index built on rank 0 and cached on disk; other ranks read the cache."""
@@ -453,6 +462,9 @@ class TrainingStage:
 
     def _forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels, loss_mask = batch.pop("labels"), batch.pop("loss_mask")
+        if self.fused_loss is not None:
+            with self.fused_loss.targets(labels, loss_mask):
+                return self.engine(**batch, use_cache=False).logits  # the fused head's loss
         logits = self.engine(**batch, use_cache=False).logits
         return masked_lm_loss(logits, labels, loss_mask)
 
