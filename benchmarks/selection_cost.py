@@ -17,6 +17,7 @@ Pool: real C4 (``../shared/data/c4``; the built-in corpus when absent), 4k byte-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -67,11 +68,23 @@ def main(argv=None) -> int:
     parser.add_argument("--round-batch", type=int, default=16)
     parser.add_argument("--throughput-sequences", type=int, default=2048)
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--outer-steps", type=int, default=None,
+        help="run fewer outer steps than the config (the config's cost is then extrapolated "
+        "from the measured seconds per step and per warm-up step)",
+    )  # fmt: skip
+    parser.add_argument("--proxy-warmup-steps", type=int, default=None)
     args = parser.parse_args(argv)
     setup_logging()
     torch.manual_seed(0)
     select = load_select_config(args.config)
     bliss_config = from_dict(BlissSelector.Config, select.bliss)
+    full = bliss_config
+    bliss_config = dataclasses.replace(
+        full,
+        outer_steps=args.outer_steps or full.outer_steps,
+        proxy_warmup_steps=args.proxy_warmup_steps or full.proxy_warmup_steps,
+    )
     pool_texts, target_texts, smoke = load_texts()
     from megatron_bliss.data.tokenizer_training import train_bpe_tokenizer
 
@@ -127,7 +140,17 @@ def main(argv=None) -> int:
         "plain_loop_sequences_per_second": round(count / slow_seconds, 1),
         "scoring_speedup": round(slow_seconds / fast_seconds, 2),
         "bliss_flops": selector.flops,
+        "outer_steps_run": bliss_config.outer_steps,
     }
+    per_step = selector.seconds["bilevel"] / bliss_config.outer_steps
+    per_warmup = selector.seconds["warmup"] / max(1, bliss_config.proxy_warmup_steps)
+    config_seconds = (
+        per_step * full.outer_steps + per_warmup * full.proxy_warmup_steps + score_seconds
+    )
+    results["config_outer_steps"] = full.outer_steps
+    results["config_selection_over_training_extrapolated"] = round(
+        config_seconds / train_seconds, 3
+    )
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
