@@ -7,7 +7,8 @@
    loop on the tiny target (``pythia-tiny-128``) over the round's token budget
    (``--round-steps`` x ``--round-batch`` x seq_length; configs/pipeline_tiny_cpu.yaml: 30 x 16).
 2. Scoring throughput in sequences/s: ``score_range`` (batches of 64 read as one reshape of the
-   memory map, ``torch.inference_mode``) against the plain loop research scripts use (the same score
+   memory map, ``torch.inference_mode``, bf16 autocast on bf16-capable CPUs; float32 also
+   reported, with the Spearman correlation of the two rankings) against the plain loop research scripts use (the same score
    model on micro-batches of 4 gathered sequence by sequence, under ``torch.no_grad``). Target:
    >= 1.5x on CPU. Both timed after a warm-up pass, in the same process.
 
@@ -39,7 +40,7 @@ from megatron_bliss.selection.base import SelectionContext
 from megatron_bliss.selection.bliss import BlissSelector
 from megatron_bliss.selection.cli import load_select_config
 from megatron_bliss.selection.proxy import freeze, warmup_lm
-from megatron_bliss.selection.scoring import score_range
+from megatron_bliss.selection.scoring import resolve_precision, score_range
 from megatron_bliss.utils.logging import setup_logging
 from megatron_bliss.utils.paths import REPO_ROOT
 
@@ -121,9 +122,11 @@ def main(argv=None) -> int:
     batch = bliss_config.score_batch_size
     score_range(model, pool, 0, min(count, 256), batch, device)  # warm-up passes
     plain_loop(model, pool, min(count, 64))
-    fast, fast_seconds = timed(score_range, model, pool, 0, count, batch, device)
+    fast, fast_seconds = timed(score_range, model, pool, 0, count, batch, device, "auto")
+    fp32, fp32_seconds = timed(score_range, model, pool, 0, count, batch, device, "float32")
     slow, slow_seconds = timed(plain_loop, model, pool, count)
-    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fp32, slow, rtol=1e-4, atol=1e-5)
+    from scipy.stats import spearmanr
 
     results = {
         "smoke": smoke,
@@ -139,6 +142,9 @@ def main(argv=None) -> int:
         "scoring_sequences_per_second": round(count / fast_seconds, 1),
         "plain_loop_sequences_per_second": round(count / slow_seconds, 1),
         "scoring_speedup": round(slow_seconds / fast_seconds, 2),
+        "scoring_precision": resolve_precision("auto", device),
+        "float32_batched_speedup": round(slow_seconds / fp32_seconds, 2),
+        "spearman_auto_vs_float32": round(float(spearmanr(fast, fp32).statistic), 5),
         "bliss_flops": selector.flops,
         "outer_steps_run": bliss_config.outer_steps,
     }

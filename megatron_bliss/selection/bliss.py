@@ -100,6 +100,8 @@ class BlissSelector(Selector):
         """Std of the new score head; small so the sigmoid starts unsaturated (scores ~0.5)."""
         score_batch_size: int = 64
         """Sequences per forward pass when scoring the pool."""
+        score_precision: str = "auto"
+        """Pool scoring precision: auto = bf16 on GPUs and bf16-capable CPUs, else float32."""
         log_interval: int = 10
         dtype: str = "float32"
         """Proxy/score-model precision for the bilevel loop (float64: exact tests)."""
@@ -340,7 +342,11 @@ class BlissSelector(Selector):
             raise ValueError("bliss: call fit() before score()")
         start = time.perf_counter()
         scores = score_pool(
-            self.score_model, self.context.pool, self.config.score_batch_size, self.context.device
+            self.score_model,
+            self.context.pool,
+            self.config.score_batch_size,
+            self.context.device,
+            self.config.score_precision,
         )
         self.seconds["scoring"] += time.perf_counter() - start
         self.flops += (

@@ -21,6 +21,7 @@ def _settings():
         proxy_preset="pythia-tiny", proxy_warmup_steps=2, proxy_warmup_batch_size=4,
         outer_steps=2, inner_steps=1, batch_size=4, target_batch_size=4, lr_proxy=1e-3,
         lr_score=1e-3, solver="cg", cg_iters=3, gamma=0.1, log_interval=1, dtype="float64",
+        score_precision="float32",
     )  # fmt: skip
 
 

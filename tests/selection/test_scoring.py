@@ -49,7 +49,9 @@ def reference(scorer_dir, tiny_shard):
 
 
 def test_scores_match_plain_loop(scorer_dir, tiny_shard, tmp_path, reference):
-    scores = score_shard(scorer_dir, tiny_shard, tmp_path / "scores.npy", batch_size=32)
+    scores = score_shard(
+        scorer_dir, tiny_shard, tmp_path / "scores.npy", batch_size=32, precision="float32"
+    )
     np.testing.assert_allclose(scores, reference, rtol=1e-5)
     assert scores.std() > 0
     np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), scores)
@@ -63,12 +65,21 @@ def test_resume_after_kill_scores_only_missing_chunks(scorer_dir, tiny_shard, tm
             raise Killed
 
     with pytest.raises(Killed):
-        score_shard(scorer_dir, tiny_shard, out, chunk_size=200, on_chunk=kill_after_two)
+        score_shard(
+            scorer_dir,
+            tiny_shard,
+            out,
+            chunk_size=200,
+            on_chunk=kill_after_two,
+            precision="float32",
+        )
     assert not out.exists()
     parts = sorted(p.name for p in (tmp_path / "scores.npy.parts").glob("chunk_*.npy"))
     assert parts == ["chunk_000000.npy", "chunk_000001.npy"]
     resumed = []
-    scores = score_shard(scorer_dir, tiny_shard, out, chunk_size=200, on_chunk=resumed.append)
+    scores = score_shard(
+        scorer_dir, tiny_shard, out, chunk_size=200, on_chunk=resumed.append, precision="float32"
+    )
     assert resumed and resumed[0] == 2  # chunks 0 and 1 were not scored again
     np.testing.assert_allclose(scores, reference, rtol=1e-5)
     assert not (tmp_path / "scores.npy.parts").exists()
@@ -78,9 +89,13 @@ def test_two_processes_split_chunks_and_last_one_merges(
     scorer_dir, tiny_shard, tmp_path, reference
 ):
     out = tmp_path / "scores.npy"
-    first = score_shard(scorer_dir, tiny_shard, out, chunk_size=300, rank=1, world=2)
+    first = score_shard(
+        scorer_dir, tiny_shard, out, chunk_size=300, rank=1, world=2, precision="float32"
+    )
     assert first is None and not out.exists()
-    merged = score_shard(scorer_dir, tiny_shard, out, chunk_size=300, rank=0, world=2)
+    merged = score_shard(
+        scorer_dir, tiny_shard, out, chunk_size=300, rank=0, world=2, precision="float32"
+    )
     np.testing.assert_allclose(merged, reference, rtol=1e-5)
 
 

@@ -23,6 +23,7 @@ TINY_BLISS = [
     "bliss.batch_size=4",
     "bliss.target_batch_size=4",
     "bliss.log_interval=1",
+    "bliss.score_precision=float32",
 ]
 
 
@@ -62,7 +63,8 @@ def test_score_cli_reproduces_select_scores(bliss_run, tiny_shard, tmp_path):
     out = tmp_path / "scores.npy"
     code = main(
         ["score", "--scorer", str(bliss_run / "score_model"), "--data-prefix", tiny_shard,
-         "--out", str(out), "--fraction", "0.25", "--batch-size", "7", "--chunk-size", "10"]
+         "--out", str(out), "--fraction", "0.25", "--batch-size", "7", "--chunk-size", "10",
+         "--precision", "float32"]
     )  # fmt: skip
     assert code == 0
     np.testing.assert_allclose(
