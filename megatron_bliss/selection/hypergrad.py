@@ -24,7 +24,7 @@ loss), so the solver sees the global operator; scores and ``c`` are all-gathered
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -132,11 +132,3 @@ class LowerGraph:
         """``c_i = g_i . z`` for this rank's samples, from one vector-Jacobian product."""
         (dots,) = torch.autograd.grad(self.grads, [self.weights], grad_outputs=list(z))
         return dots.detach()
-
-
-def flat_gradient_of(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor]):
-    """Gradient of a scalar loss summed over ranks (each rank returns its share of the loss)."""
-    grads = torch.autograd.grad(loss_fn(), list(params), allow_unused=True)
-    return all_reduce_sum(
-        [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-    )
