@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 
 install: $(VENV)/.installed
 
+DEMO_ARGS ?=
+
 demo: install
-	$(VENV)/bin/megatron-bliss demo --output demo_out
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(VENV)/bin/megatron-bliss demo --output demo_out $(DEMO_ARGS)
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -590,6 +590,18 @@ class TrainingStage:
         self.model = None
         self.dataset = None
         self.valid_dataset = None
+        restore_functional_linear()
+
+
+def restore_functional_linear() -> None:
+    """Undo ZeRO-3's process-wide swap of ``torch.nn.functional.linear`` for its own autograd
+    Function ("will persist unless manually reset"), which has no forward-mode AD and would break
+    ``torch.func.jvp`` in selectors that run later in the same process (the pipeline)."""
+    from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
+
+    original = getattr(InsertPostInitMethodToModuleSubClasses, "linear_bk", None)
+    if original is not None:
+        torch.nn.functional.linear = original
 
 
 def _count(model: torch.nn.Module) -> int:

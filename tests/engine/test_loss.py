@@ -39,3 +39,8 @@ def test_fused_loss_run_matches_logits_run_under_zero3(make_config):
     logits_run = pretrain(make_config("logits", **{"train.loss_kernel": "logits"}))
     fused_run = pretrain(make_config("fused", **{"train.loss_kernel": "fused"}))
     np.testing.assert_allclose(fused_run["losses"], logits_run["losses"], rtol=1e-5)
+
+
+def test_zero3_run_leaves_functional_linear_alone(make_config):
+    pretrain(make_config("zero3", **{"train.train_steps": 1}))
+    assert torch.nn.functional.linear is torch._C._nn.linear  # torch's own, not ZeRO-3's
