@@ -153,9 +153,9 @@ def fine_tune_on_target(model, target_set: TargetSet, steps: int, lr: float, see
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--solvers", nargs="+", default=["identity", "cg", "paper"])
-    parser.add_argument("--outer-steps", type=int, default=120)
-    parser.add_argument("--lr-score", type=float, default=1e-4)
-    parser.add_argument("--cg-iters", type=int, default=5)
+    parser.add_argument("--outer-steps", type=int, default=200)
+    parser.add_argument("--lr-score", type=float, default=3e-4)
+    parser.add_argument("--cg-iters", type=int, default=3)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--warmup-steps", type=int, default=150)
