@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from megatron_bliss.cli import main
+from megatron_bliss.utils.paths import REPO_ROOT
+
+CONFIG = str(REPO_ROOT / "configs" / "select_tiny_cpu.yaml")
 
 TINY_BLISS = [
     "seq_length=32",
@@ -31,7 +34,7 @@ TINY_BLISS = [
 def bliss_run(tmp_path_factory, tiny_shard, tokenizer_dir, corpus_jsonl):
     run_dir = tmp_path_factory.mktemp("select") / "bliss"
     code = main(
-        ["select", "--method", "bliss", "--config", "configs/select_tiny_cpu.yaml",
+        ["select", "--method", "bliss", "--config", CONFIG,
          "--data-prefix", tiny_shard, "--target-data", str(corpus_jsonl),
          "--tokenizer", str(tokenizer_dir), "--run-dir", str(run_dir), "--fraction", "0.25",
          *TINY_BLISS]
@@ -78,7 +81,7 @@ def test_score_cli_reproduces_select_scores(bliss_run, tiny_shard, tmp_path):
 
 def test_select_rejects_unknown_config_key(tmp_path, tiny_shard, tokenizer_dir, capsys):
     code = main(
-        ["select", "--method", "random", "--config", "configs/select_tiny_cpu.yaml",
+        ["select", "--method", "random", "--config", CONFIG,
          "--data-prefix", tiny_shard, "--tokenizer", str(tokenizer_dir),
          "--run-dir", str(tmp_path), "bliss.outer_stepz=3"]
     )  # fmt: skip
@@ -88,7 +91,7 @@ def test_select_rejects_unknown_config_key(tmp_path, tiny_shard, tokenizer_dir, 
 
 def test_select_random_through_registry(tmp_path, tiny_shard):
     code = main(
-        ["select", "--method", "random", "--config", "configs/select_tiny_cpu.yaml",
+        ["select", "--method", "random", "--config", CONFIG,
          "--data-prefix", tiny_shard, "--run-dir", str(tmp_path), "seq_length=32", "--seed", "3"]
     )  # fmt: skip
     assert code == 0
