@@ -56,7 +56,9 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs and on CPUs with native bf16, else float32."""
+    """``auto``: bf16 on GPUs and on CPUs with native bf16, else float32 (the engine's names
+    ``bf16``/``fp32`` are accepted too)."""
+    precision = {"bf16": "bfloat16", "fp32": "float32"}.get(precision, precision)
     if precision not in PRECISIONS:
         raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":

@@ -116,7 +116,7 @@ def test_fit_score_save_round_trip(setup, tmp_path):
     from megatron_bliss.selection.scoring import score_pool  # what `megatron-bliss score` runs
 
     shared = load_score_model(tmp_path / "score_model")
-    via_cli = score_pool(shared, pool, batch_size=7, device=torch.device("cpu"))
+    via_cli = score_pool(shared, pool, batch_size=7, device=torch.device("cpu"), precision="fp32")
     np.testing.assert_allclose(via_cli, scores, rtol=1e-5, atol=1e-6)
     again = make_selector(setup, tmp_path).score()
     np.testing.assert_array_equal(again, scores)
