@@ -105,15 +105,22 @@ def run_pipelines(splits: dict[str, Path], output: Path, overrides: list[str]) -
     common = [f"target_data={splits['target']}", f"eval.ppl_data={splits['ppl']}", *overrides]
     bliss = load_pipeline_config(
         PIPELINE_CONFIG,
-        [f"run_dir={output / 'bliss'}", f"prepare.corpus=[{splits['pool']}]", *common],
+        [
+            f"run_dir={output / 'bliss'}",
+            f"prepare.corpus=[{splits['pool']}]",
+            f"prepare.valid_corpus=[{splits['ppl']}]",
+            *common,
+        ],
     )
     summary = run_pipeline(bliss)
     shards = [r["data_prefix"] for r in summary["rounds"]]
+    valid = summary["valid_prefix"]
     random = load_pipeline_config(
         PIPELINE_CONFIG,
         [
             f"run_dir={output / 'random'}", "method=random", "prepare.corpus=[]",
-            f"shards=[{', '.join(shards)}]", f"tokenizer={summary['tokenizer']}",
+            "prepare.valid_corpus=[]", f"shards=[{', '.join(shards)}]",
+            f"tokenizer={summary['tokenizer']}", f"pretrain.data.valid_prefix={valid}",
             f"reuse_warmup={output / 'bliss' / 'round_0'}", *common,
         ],
     )  # fmt: skip

@@ -20,16 +20,17 @@ logger = logging.getLogger(__name__)
 class PrepareSection:
     corpus: list[str] = field(default_factory=list)
     """Raw corpus files, globs or folders (jsonl/json[.gz|.zst]/parquet); empty: use ``shards``."""
+    valid_corpus: list[str] = field(default_factory=list)
+    """Held-out documents made into a validation shard for the target's periodic held-out loss."""
     tokenizer_vocab_size: int = 4096
     """Size of the byte-level BPE trained on the corpus when the pipeline names no tokenizer."""
     workers: int = 2
 
 
 def prepare_shards(section: PrepareSection, run_dir: Path, tokenizer: str | None, count: int):
-    """(tokenizer path, shard prefixes) for ``count`` shards made from ``section.corpus``."""
-    from megatron_bliss.data.preprocess import PreprocessOptions, output_name, run_preprocess
+    """(tokenizer path, shard prefixes, validation prefix or None) for ``count`` shards made
+    from ``section.corpus``."""
     from megatron_bliss.data.shards import split_indexed
-    from megatron_bliss.data.tokenizer import TokenizerSpec
     from megatron_bliss.data.tokenizer_training import train_tokenizer
 
     data_dir = run_dir / "data"
@@ -38,17 +39,27 @@ def prepare_shards(section: PrepareSection, run_dir: Path, tokenizer: str | None
     )
     if marker.done():
         result = marker.result()
-        return result["tokenizer"], result["shards"]
+        return result["tokenizer"], result["shards"], result["valid"]
     if tokenizer is None:
         tokenizer = str(data_dir / "tokenizer")
         train_tokenizer(section.corpus, section.tokenizer_vocab_size, tokenizer)
-    prefix = str(data_dir / "corpus")
+    prefix = _preprocess(section.corpus, data_dir / "corpus", tokenizer, section.workers)
+    shards = split_indexed(prefix, count, str(data_dir / "corpus"))
+    valid = None
+    if section.valid_corpus:
+        valid = _preprocess(section.valid_corpus, data_dir / "valid", tokenizer, section.workers)
+    marker.complete({"tokenizer": tokenizer, "shards": shards, "valid": valid})
+    logger.info("prepared %d shards from %s", count, ", ".join(section.corpus))
+    return tokenizer, shards, valid
+
+
+def _preprocess(inputs: list[str], prefix: Path, tokenizer: str, workers: int) -> str:
+    from megatron_bliss.data.preprocess import PreprocessOptions, output_name, run_preprocess
+    from megatron_bliss.data.tokenizer import TokenizerSpec
+
     options = PreprocessOptions(
-        inputs=list(section.corpus), output_prefix=prefix, tokenizer=TokenizerSpec(name=tokenizer),
-        workers=section.workers, append_eod=True,
+        inputs=list(inputs), output_prefix=str(prefix), tokenizer=TokenizerSpec(name=tokenizer),
+        workers=workers, append_eod=True,
     )  # fmt: skip
     run_preprocess(options)
-    shards = split_indexed(output_name(prefix, "text"), count, str(data_dir / "corpus"))
-    marker.complete({"tokenizer": tokenizer, "shards": shards})
-    logger.info("prepared %d shards from %s", count, ", ".join(section.corpus))
-    return tokenizer, shards
+    return output_name(str(prefix), "text")

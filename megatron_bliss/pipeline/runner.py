@@ -61,10 +61,15 @@ class Pipeline:
         if self.config.prepare.corpus:
             from megatron_bliss.pipeline.prepare import prepare_shards
 
-            tokenizer, shards = prepare_shards(
+            tokenizer, shards, valid = prepare_shards(
                 self.config.prepare, self.run_dir, self.config.tokenizer, self.config.rounds() + 1
             )
-            self.config = dataclasses.replace(self.config, tokenizer=tokenizer, shards=shards)
+            pretrain = self.config.pretrain
+            if valid:
+                pretrain = merge(pretrain, {"data": {"valid_prefix": valid}})
+            self.config = dataclasses.replace(
+                self.config, tokenizer=tokenizer, shards=shards, pretrain=pretrain
+            )
         rounds = [self._warmup()]
         for r in range(1, self.config.rounds() + 1):
             rounds.append(self._round(r, rounds[-1]))
@@ -265,7 +270,8 @@ class Pipeline:
             "--nproc_per_node", nproc, "-m", "megatron_bliss.cli", "pretrain",
             "--config", str(stage_yaml),
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        threads = max(1, (os.cpu_count() or 1) // int(nproc))  # ranks must not oversubscribe cores
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.launcher.get("threads_per_rank", threads))}
         logger.info("round %d %s: %s", r, name, " ".join(command))
         completed = subprocess.run(command, env=env)
         if completed.returncode != 0:
@@ -317,6 +323,7 @@ class Pipeline:
             },
             "tokenizer": c.tokenizer,
             "seq_length": c.seq_length,
+            "valid_prefix": c.pretrain.get("data", {}).get("valid_prefix"),
             "rounds": [{k: v for k, v in r.items() if k != "train_hash"} for r in rounds],
         }
         atomic_write_json(self.run_dir / "pipeline.json", summary)

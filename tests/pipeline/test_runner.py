@@ -158,3 +158,20 @@ def test_config_errors(tmp_path):
     bad.write_text("shards: [a, b]\nwarmup_stepz: 3\n")
     with pytest.raises(ConfigError, match="unknown key 'warmup_stepz'"):
         load_pipeline_config(bad)
+
+
+@pytest.mark.slow
+def test_pipeline_prepares_shards_and_validates_from_a_raw_corpus(corpus_jsonl, tmp_path):
+    inputs = {"shards": [], "tokenizer": None, "target": str(corpus_jsonl)}
+    config = tiny_config(
+        inputs, tmp_path / "run", method="random", num_rounds=1, tokenizer=None,
+        prepare={"corpus": [str(corpus_jsonl)], "valid_corpus": [str(corpus_jsonl)],
+                 "tokenizer_vocab_size": 300},
+        eval={"enabled": False},
+    )  # fmt: skip
+    config.pretrain["logging"]["eval_interval"] = 2
+    summary = run_pipeline(config)
+    assert len(summary["rounds"]) == 2 and summary["valid_prefix"].endswith("valid_text_document")
+    assert (tmp_path / "run/data/tokenizer/tokenizer.json").exists()
+    lines = (tmp_path / "run/round_1/metrics.jsonl").read_text().splitlines()
+    assert any("val_loss" in json.loads(line) for line in lines)
