@@ -36,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stages", default="2,3", help="ZeRO stages to compare")
     parser.add_argument("--attn", default="auto")
+    parser.add_argument(
+        "--loss-kernel", default="auto", choices=["auto", "fused", "logits"],
+        help="engine's train.loss_kernel (auto: fused on CUDA)",
+    )  # fmt: skip
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument(
         "--rounds", type=int, default=2, help="repeat plain/ZeRO-2/ZeRO-3 in turn (noise)"
@@ -74,6 +78,7 @@ def engine_config(args, shard: str, run_dir: Path, stage: int, vocab: int):
         "train.train_steps": args.steps + args.warmup,
         "train.precision": args.precision,
         "train.device": args.device,
+        "train.loss_kernel": args.loss_kernel,
         "schedule.type": "constant",
         "schedule.warmup_steps": 0,
         "deepspeed.config": f"ds_configs/cpu_zero{stage}.json",
