@@ -12,25 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from megatron_bliss.config import ConfigError, load_config
+from megatron_bliss.eval.task_specs import HEADLINE_TASKS
 from megatron_bliss.pipeline.prepare import PrepareSection
-
-PAPER_TASKS = [
-    "sciq",
-    "arc_easy",
-    "arc_challenge",
-    "logiqa",
-    "openbookqa",
-    "boolq",
-    "hellaswag",
-    "piqa",
-    "winogrande",
-]
 
 
 @dataclass
 class EvalSection:
     enabled: bool = True
-    tasks: list[str] = field(default_factory=lambda: [*PAPER_TASKS, "lambada_openai"])
+    tasks: list[str] = field(default_factory=lambda: [*HEADLINE_TASKS, "lambada_openai"])
     """lm-eval task names; tasks whose data cannot be reached are skipped with a message."""
     task_data: str | None = "auto"
     """Local task files (layout of ../shared/data/eval); ``auto``: that folder when present."""
