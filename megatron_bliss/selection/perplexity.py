@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from megatron_bliss.kernels import sequence_cross_entropy
 from megatron_bliss.selection.base import Selector
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,16 @@ def forward_flops_per_token(model: torch.nn.Module) -> float:
 
 
 def sequence_losses(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of each row of ``tokens`` (shape ``[B, L + 1]``), float32."""
-    logits = model(input_ids=tokens[:, :-1]).logits.float()
-    per_token = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none"
-    )
-    return per_token.view(tokens.size(0), -1).mean(dim=1)
+    """Mean next-token cross-entropy of each row of ``tokens`` (shape ``[B, L + 1]``), float32.
+
+    The LM head is fused into the loss (``kernels.sequence_cross_entropy``), so the ``[B, L, V]``
+    logits of a 50k vocabulary never exist; gradients still reach every parameter (MATES probes).
+    """
+    hidden = model.base_model(input_ids=tokens[:, :-1]).last_hidden_state
+    head = model.get_output_embeddings()
+    bias = head.bias.to(hidden.dtype) if head.bias is not None else None
+    losses = sequence_cross_entropy(hidden, head.weight.to(hidden.dtype), tokens[:, 1:], bias=bias)
+    return losses.float()
 
 
 def pool_losses(
