@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megatron_bliss.config import ConfigError, dump_yaml, to_dict
+from megatron_bliss.config import ConfigError, dump_yaml, merge, to_dict
 from megatron_bliss.engine import checkpoint as ckpt
 from megatron_bliss.engine.batches import (
     BatchOptions,
@@ -93,16 +93,6 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def build_ds_config(
     config: PretrainConfig, accumulation: int, precision: str, device_type: str
 ) -> dict[str, Any]:
@@ -111,7 +101,7 @@ def build_ds_config(
     Batch sizes, clipping, precision and optimizer hyper-parameters have one source of truth (the
     PretrainConfig); the JSON may leave them out or write "auto", and a differing value stops.
     """
-    ds = _merge(read_ds_json(config.deepspeed), config.deepspeed.overrides)
+    ds = merge(read_ds_json(config.deepspeed), config.deepspeed.overrides)
     owned = {
         "train_micro_batch_size_per_gpu": config.train.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
