@@ -91,18 +91,14 @@ def load_select_config(path: str | Path | None, overrides: list[str] | None = No
 
 
 def load_tokenizer(name_or_path: str | Path):
-    """A Hugging Face tokenizer directory or hub name, or a ``tokenizers`` JSON file."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """The project's loader (HF dir or hub name, tokenizers ``*.json``, sentencepiece ``*.model``),
+    with GPT-NeoX's ``<|padding|>`` as the pad token when the file names none."""
+    from megatron_bliss.data.tokenizer import load_tokenizer as load
 
-    path = Path(name_or_path)
-    if path.is_file() and path.suffix == ".json":
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
-        if tokenizer.pad_token is None and "<|padding|>" in tokenizer.get_vocab():
-            tokenizer.pad_token = "<|padding|>"
-        return tokenizer
-    if not path.exists() and (str(name_or_path).startswith((".", "/")) or path.suffix):
-        raise FileNotFoundError(f"{path}: tokenizer not found")
-    return AutoTokenizer.from_pretrained(str(name_or_path))
+    tokenizer = load(str(name_or_path))
+    if getattr(tokenizer, "pad_token", None) is None and "<|padding|>" in tokenizer.get_vocab():
+        tokenizer.pad_token = "<|padding|>"
+    return tokenizer
 
 
 def resolve_device(name: str) -> torch.device:
