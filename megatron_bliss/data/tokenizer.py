@@ -167,6 +167,10 @@ def _load(spec: TokenizerSpec):
         return _load_sentencepiece(path)
     if path.is_file():
         raise ValueError(f"{path}: not a tokenizer (expected a directory, *.json or *.model)")
+    if not path.exists() and (
+        path.suffix in (".json", ".model") or spec.name.startswith((".", "/"))
+    ):
+        raise FileNotFoundError(f"{path}: tokenizer not found")  # a path, not a hub name
     transformers = _quiet_transformers()
     return transformers.AutoTokenizer.from_pretrained(spec.name)
 

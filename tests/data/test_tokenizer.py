@@ -128,3 +128,10 @@ def test_unloadable_tokenizer_is_one_line(tmp_path, spec):
     with pytest.raises((ValueError, OSError)) as error:
         load_tokenizer(str(path))
     assert "\n" not in str(error.value) and spec in str(error.value)
+
+
+def test_missing_tokenizer_file_is_named_not_fetched(tmp_path):
+    from megatron_bliss.data.tokenizer import load_tokenizer
+
+    with pytest.raises(FileNotFoundError, match=r"nothere\.json: tokenizer not found"):
+        load_tokenizer(str(tmp_path / "nothere.json"))
