@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from megatron_bliss.config import ConfigError, dump_yaml, from_dict, merge
 from megatron_bliss.engine.config import PretrainConfig
@@ -58,6 +57,8 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(self.config, self.run_dir / "config.yaml")
+        if self.config.reuse_warmup:
+            self._link_warmup()
         if self.config.prepare.corpus:
             from megatron_bliss.pipeline.prepare import prepare_shards
 
@@ -156,7 +157,7 @@ class Pipeline:
                 _replace(work_dir / name, round_dir / name)
         if (work_dir / "proxy_warmup").exists() and not (self.run_dir / "proxy_warmup").exists():
             _replace(work_dir / "proxy_warmup", self.run_dir / "proxy_warmup")
-        meta = yaml.safe_load((round_dir / "selection.json").read_text())
+        meta = json.loads((round_dir / "selection.json").read_text())
         return {"flops": float(meta.get("flops", 0.0)), "num_selected": meta["num_selected"]}
 
     def _select_dict(self, r: int) -> dict[str, Any]:
@@ -276,15 +277,13 @@ class Pipeline:
         completed = subprocess.run(command, env=env)
         if completed.returncode != 0:
             raise RuntimeError(f"round {r} {name}: torchrun exited with {completed.returncode}")
-        return yaml.safe_load((Path(config.run_dir) / "summary.json").read_text())
+        return json.loads((Path(config.run_dir) / "summary.json").read_text())
 
     def _tokens(self, checkpoints: str | None) -> int:
         if checkpoints is None:
             return 0
         summary = Path(checkpoints).parent / "summary.json"
-        return (
-            int(yaml.safe_load(summary.read_text())["consumed_tokens"]) if summary.exists() else 0
-        )
+        return int(json.loads(summary.read_text())["consumed_tokens"]) if summary.exists() else 0
 
     def _task_data(self) -> str | None:
         task_data = self.config.eval.task_data
@@ -294,8 +293,6 @@ class Pipeline:
         return str(shared / "eval") if shared and (shared / "eval").is_dir() else None
 
     def _round_dir(self, r: int) -> Path:
-        if r == 0 and self.config.reuse_warmup:
-            self._link_warmup()
         return self.run_dir / f"round_{r}"
 
     def _link_warmup(self) -> None:
