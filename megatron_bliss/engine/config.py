@@ -137,6 +137,10 @@ class CheckpointConfig:
     """Continue from RUN_DIR/checkpoints/latest when it exists."""
     load: str | None = None
     """Resume from another run's checkpoints dir (or a step folder) instead of RUN_DIR's."""
+    adam_state_params: list[str] = field(default_factory=list)
+    """Layers whose AdamW second moments (with step, betas, eps) go into ``adam_state.pt`` of
+    every checkpoint, for Influence Distillation's Adam preconditioner: subset names
+    (``down_proj``) or module-name suffixes. Empty (default): not written."""
 
 
 @dataclass
