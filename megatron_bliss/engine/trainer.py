@@ -174,6 +174,7 @@ class TrainingStage:
         if context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_yaml(config, self.run_dir / "config.yaml")
+        self._check_data_files()
         self.tokenizer = self._load_tokenizer()
         seed_everything(config.train.seed)
         self.ds_config = build_ds_config(config, self.accumulation, precision, self.device.type)
@@ -200,6 +201,19 @@ class TrainingStage:
             raise
 
     # ---------------------------------------------------------------- set-up
+    def _check_data_files(self) -> None:
+        """Missing shards stop the run before the tokenizer, model and engine cost minutes."""
+        data = self.config.data
+        prefixes = [source.prefix for source in data.all_sources()]
+        for prefix in prefixes + ([data.valid_prefix] if data.valid_prefix else []):
+            for suffix in (".bin", ".idx"):
+                if not Path(prefix + suffix).exists():
+                    raise FileNotFoundError(
+                        f"{prefix}{suffix}: indexed dataset file not found (build it with "
+                        "tools/preprocess_data.py; launch_scripts/pretrain_tiny_cpu.sh builds the "
+                        "tiny config's data)"
+                    )
+
     def _load_tokenizer(self):
         name = self.config.data.tokenizer
         if not name:

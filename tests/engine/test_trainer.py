@@ -107,3 +107,12 @@ def test_gradient_checkpointing_and_dry_run(make_config, tmp_path, capsys):
 
     assert main(["pretrain", "--dry-run", *[f"run_dir={tmp_path}", "data.prefix=x"]]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["world_size"] == 1
+
+
+def test_missing_shard_stops_before_tokenizer_and_model(make_config, tmp_path):
+    missing = str(tmp_path / "nowhere" / "c4_text_document")
+    config = make_config(
+        "missing", **{"data.valid_prefix": missing, "data.tokenizer": str(tmp_path / "no_tok")}
+    )
+    with pytest.raises(FileNotFoundError, match=r"c4_text_document\.bin: indexed dataset"):
+        pretrain(config)
