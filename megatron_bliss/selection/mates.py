@@ -16,9 +16,10 @@
    the saved ``score_model/`` is read by ``megatron-bliss score`` unchanged. The selection rule's
    Gumbel-top-k (MATES: temperature 0.5 on the raw prediction) picks the subset.
 
-Differences from the paper, on purpose: probes are drawn from the pool being scored (MATES probes a
-disjoint C4 slice), and the optimizer starts from a fresh AdamW state unless ``ProbeRunner`` is
-given one (the selection context carries the model, not its optimizer).
+Probes come from ``probe_prefix`` when it is set -- an indexed shard disjoint from the ones being
+selected, as MATES probes C4 files 800-899 -- else from the pool being scored. Difference from the
+paper, on purpose: the optimizer starts from a fresh AdamW state unless ``ProbeRunner`` is given one
+(the selection context carries the model, not its optimizer).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.data.target_set import IGNORE_INDEX, TargetSet
 from megatron_bliss.models.presets import build_config, get_preset
 from megatron_bliss.selection.base import Selector
@@ -187,6 +189,9 @@ class MatesSelector(Selector):
     class Config:
         num_probes: int = 80000
         """Oracle labels per stage (MATES: 10k per GPU x 8 GPUs)."""
+        probe_prefix: str = ""
+        """Indexed shard the probes are drawn from, disjoint from the selection shards (MATES: C4
+        files 800-899); empty: the pool being scored."""
         probe_lr: float = 1e-3
         """LR of the probe step (MATES: the WSD schedule's constant LR)."""
         probe_beta1: float = 0.9
@@ -212,6 +217,16 @@ class MatesSelector(Selector):
         self.metrics: dict = {}
         self.probe_indices: np.ndarray | None = None
         self.labels: np.ndarray | None = None
+        self._probe_pool: SequencePool | None = None
+
+    @property
+    def probe_pool(self):
+        """The sequences probes (and the regressor's training rows) come from."""
+        if self._probe_pool is None:
+            prefix = self.config.probe_prefix
+            pool = self.context.pool
+            self._probe_pool = SequencePool(prefix, pool.seq_length) if prefix else pool
+        return self._probe_pool
 
     # -- oracle labels -------------------------------------------------------------------
     def probe_settings(self) -> ProbeSettings:
@@ -225,7 +240,7 @@ class MatesSelector(Selector):
         )
 
     def oracle_labels(self, indices: np.ndarray) -> np.ndarray:
-        """Target-set loss after one AdamW step on each ``pool[i]``, float64."""
+        """Target-set loss after one AdamW step on each ``probe_pool[i]``, float64."""
         context, model = self.context, require_target_model(self.context, self.name)
         if context.target_set is None:
             raise ValueError("mates: needs a target set (--target-data)")
@@ -245,7 +260,7 @@ class MatesSelector(Selector):
         runner = ProbeRunner(model, self.probe_settings())
         labels = np.zeros(len(indices), dtype=np.float64)
         for row, index in enumerate(tqdm(indices, desc="mates probes", disable=len(indices) < 50)):
-            tokens = torch.from_numpy(context.pool[int(index)]).to(context.device)
+            tokens = torch.from_numpy(self.probe_pool[int(index)]).to(context.device)
             labels[row] = runner.probe(tokens, measure)
         target_tokens = sum(len(context.target_set.examples[i].input_ids) for i in target_indices)
         per_token = forward_flops_per_token(model)
@@ -276,7 +291,7 @@ class MatesSelector(Selector):
     def train_regressor(self, indices: np.ndarray, labels: np.ndarray) -> None:
         """MSE of the logit on the negated z-scored labels (so higher = more useful); keeps the
         epoch with the best held-out Spearman correlation between logit and -label."""
-        c, device, pool = self.config, self.context.device, self.context.pool
+        c, device, pool = self.config, self.context.device, self.probe_pool
         rng = np.random.default_rng(self.context.seed + 1)
         order = rng.permutation(len(indices))
         num_holdout = max(1, round(c.holdout_fraction * len(indices))) if len(indices) > 4 else 0
@@ -321,10 +336,13 @@ class MatesSelector(Selector):
         }
 
     def fit(self) -> None:
-        pool = self.context.pool
+        pool = self.probe_pool
         num_probes = min(self.config.num_probes, len(pool))
         if num_probes < 2:
-            raise ValueError(f"mates: needs at least 2 probes, pool has {len(pool)} sequences")
+            raise ValueError(
+                f"mates: needs at least 2 probes, {self.config.probe_prefix or 'the pool'} has "
+                f"{len(pool)} sequences"
+            )
         rng = np.random.default_rng(self.context.seed)
         self.probe_indices = np.sort(rng.choice(len(pool), num_probes, replace=False))
         self.labels = self.oracle_labels(self.probe_indices)
@@ -363,4 +381,4 @@ class MatesSelector(Selector):
         }
         self.regressor.save(directory, metadata, tokenizer=self.context.tokenizer)
         labels = np.stack([self.probe_indices.astype(np.float64), self.labels], axis=1)
-        atomic_save_npy(directory / "probe_labels.npy", labels)  # columns: pool index, label
+        atomic_save_npy(directory / "probe_labels.npy", labels)  # columns: probe index, label

@@ -122,6 +122,27 @@ def test_fit_score_save_round_trip(setup, tmp_path):
     np.testing.assert_array_equal(again, scores)
 
 
+def test_probes_come_from_a_disjoint_probe_shard(setup, tmp_path, tokenizer, corpus_texts):
+    pool, target, model = setup
+    docs = [tokenizer.encode(text)[:40] for text in corpus_texts[40:52]]
+    probe_prefix = build_shard(tmp_path / "probe", docs)
+    probe_pool = SequencePool(probe_prefix, SEQ)
+    selector = make_selector(
+        setup, tmp_path, probe_prefix=probe_prefix, num_probes=6, target_examples=len(target)
+    )
+    scores = selector.score()
+    assert scores.shape == (len(pool),)  # probes from the probe shard, scores for the pool
+    assert len(selector.probe_indices) == 6 and selector.probe_indices.max() < len(probe_pool)
+    index = int(selector.probe_indices[0])
+    expected = manual_label(
+        model, torch.from_numpy(probe_pool[index]), target, np.arange(len(target)), 1e-3
+    )
+    assert selector.labels[0] == pytest.approx(expected, rel=1e-5)
+    assert not np.array_equal(probe_pool[index], pool[index])
+    with pytest.raises(ValueError, match="short has 0 sequences"):
+        make_selector(setup, tmp_path, probe_prefix=build_shard(tmp_path / "short", [[1, 2]])).fit()
+
+
 def test_spearman_and_errors(setup, tmp_path):
     assert spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0])) == pytest.approx(1.0)
     assert spearman(np.array([3.0, 2.0, 1.0]), np.array([1.0, 5.0, 9.0])) == pytest.approx(-1.0)
