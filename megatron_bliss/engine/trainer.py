@@ -57,6 +57,7 @@ from megatron_bliss.engine.metrics import (
     memory_stats,
     truncate_metrics,
 )
+from megatron_bliss.engine.optimizer_state import require_subset_layers, save_adam_state
 from megatron_bliss.engine.schedules import learning_rate
 from megatron_bliss.utils.io import atomic_write_json
 
@@ -248,6 +249,8 @@ class TrainingStage:
             seed=self.config.train.seed,
             ds_config=self.ds_config if self.zero_stage == 3 else None,
         )
+        if self.config.checkpoint.adam_state_params:  # a typo fails now, not at the first save
+            require_subset_layers(model, self.config.checkpoint.adam_state_params)
         self.fused_loss = FusedHeadLoss(model) if self._use_fused_loss() else None
         if self.config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(
@@ -550,6 +553,13 @@ class TrainingStage:
             "model_config": self.engine.module.config.to_dict(),
             "tokenizer": str(self.run_dir / "tokenizer") if self.tokenizer is not None else None,
         }
+        if self.config.checkpoint.adam_state_params:  # before the shards: `latest` comes last
+            save_adam_state(
+                self.engine,
+                self.checkpoint_dir / ckpt.tag_for(self.step),
+                self.config.checkpoint.adam_state_params,
+                self.context.rank,
+            )
         folder = ckpt.save_checkpoint(
             self.engine,
             self.checkpoint_dir,

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from transformers import AutoModel
 
 from megatron_bliss.data.target_set import IGNORE_INDEX
+from megatron_bliss.models.parameter_subsets import matching_linear_modules
 
 PROJECTIONS = ("hadamard", "rademacher", "none")
-SUBSET_SUFFIXES = {"down_proj": ("mlp.dense_4h_to_h", "mlp.down_proj")}
 
 
 # -- random projections ----------------------------------------------------------------------
@@ -125,12 +125,7 @@ def per_sample_losses(model, inputs: torch.Tensor, targets: torch.Tensor) -> tor
 # -- per-sample gradients ----------------------------------------------------------------------
 def subset_modules(model: torch.nn.Module, subset: str) -> list[tuple[str, torch.nn.Linear]]:
     """The linear layers whose per-sample gradients are taken, in model order."""
-    suffixes = SUBSET_SUFFIXES.get(subset, (subset,))
-    found = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.endswith(suffixes)
-    ]
+    found = matching_linear_modules(model, subset)
     if not found:
         raise ValueError(f"influence: no linear layer of the model matches param_subset '{subset}'")
     return found
