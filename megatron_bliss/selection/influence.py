@@ -16,7 +16,10 @@ yields a selection, not scores, so it is exposed as ``select_round_robin`` and `
 the mean.
 
 The warm model is the target model itself (the pipeline's warm-up/previous round plays the role
-of the paper's warm-up).
+of the paper's warm-up). With ``adam_state`` (the ``adam_state.pt`` the engine writes into every
+checkpoint when ``checkpoint.adam_state_params`` names the gradient layers, or that checkpoint
+itself) landmark gradients are multiplied by the AdamW preconditioner ``a`` of method-spec 2.2,
+as the released code does with its optimizer; without it they are plain gradients.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from megatron_bliss.engine.checkpoint import resolve_checkpoint
+from megatron_bliss.engine.optimizer_state import ADAM_STATE_FILE
 from megatron_bliss.selection.base import Selector
 from megatron_bliss.selection.influence_kernels import (
     BlockProjector,
@@ -41,6 +46,46 @@ from megatron_bliss.selection.influence_kernels import (
 from megatron_bliss.selection.perplexity import forward_flops_per_token, require_target_model
 
 logger = logging.getLogger(__name__)
+
+
+# -- Adam state ----------------------------------------------------------------------------------
+def resolve_adam_state(location: str) -> Path:
+    """The ``adam_state.pt`` that ``location`` names: the file itself, or the one in a checkpoint
+    (a run dir or its ``checkpoints/``, read through ``latest``, or a step folder)."""
+    if location == "auto":
+        raise ValueError(
+            "influence.adam_state=auto is filled in by the pipeline (the previous round's "
+            "checkpoint); for select, give adam_state.pt or a checkpoint directory"
+        )
+    path = Path(location)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: adam_state file not found")
+    checkpoint_dir, tag = resolve_checkpoint(path)
+    found = checkpoint_dir / tag / ADAM_STATE_FILE
+    if not found.exists():
+        raise FileNotFoundError(
+            f"{found}: not found (train with checkpoint.adam_state_params=[down_proj] to write it)"
+        )
+    return found
+
+
+def check_adam_state_covers(preconditioner: dict, modules, source: Path) -> None:
+    """Every weight and bias of the gradient layers needs its own second moment."""
+    for name, module in modules:
+        for kind in ("weight", "bias"):
+            parameter = getattr(module, kind, None)
+            if parameter is None:
+                continue
+            key = f"{name}.{kind}"
+            if key not in preconditioner:
+                raise ValueError(f"{source}: adam_state has no exp_avg_sq for {key}")
+            if preconditioner[key].shape != parameter.shape:
+                raise ValueError(
+                    f"{source}: exp_avg_sq of {key} has shape {tuple(preconditioner[key].shape)}, "
+                    f"the model's is {tuple(parameter.shape)}"
+                )
 
 
 # -- kernel ridge regression -------------------------------------------------------------------
@@ -145,7 +190,9 @@ class InfluenceSelector(Selector):
         """Landmarks sampled for the median-distance bandwidth."""
         kernel_chunk: int = 8192
         adam_state: str = ""
-        """Optional ``torch.save``d dict {step, beta1, beta2, eps, exp_avg_sq: {param: tensor}}."""
+        """AdamW preconditioner: ``adam_state.pt`` ({step, beta1, beta2, eps, exp_avg_sq: {param:
+        tensor}}) or a checkpoint holding one; ``auto`` in a pipeline: the previous round's
+        checkpoint. Empty: plain gradients."""
 
     def __init__(self, config, context):
         super().__init__(config, context)
@@ -153,13 +200,13 @@ class InfluenceSelector(Selector):
         self.landmarks: np.ndarray | None = None
         self.krr: KernelRidge | None = None
         self.landmark_influence: torch.Tensor | None = None  # p_L, [L, T]
+        self.adam_state_path: Path | None = None
 
     def preconditioner(self) -> dict[str, torch.Tensor]:
         if not self.config.adam_state:
             return {}
-        path = Path(self.config.adam_state)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: adam_state file not found")
+        path = resolve_adam_state(self.config.adam_state)
+        self.adam_state_path = path
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing = {"step", "beta1", "beta2", "eps", "exp_avg_sq"} - set(state)
         if missing:
@@ -229,6 +276,8 @@ class InfluenceSelector(Selector):
         )
         projector = BlockProjector(c.proj_type, c.proj_dim, context.seed)
         sketcher = GradientSketcher(model, c.param_subset, projector, self.preconditioner())
+        if sketcher.preconditioner:
+            check_adam_state_covers(sketcher.preconditioner, sketcher.modules, self.adam_state_path)
         landmark_grads = self._sketch_all(
             sketcher, self._pool_batches(self.landmarks), True, "landmark grads"
         )

@@ -186,6 +186,59 @@ def test_adam_state_file_preconditions_landmark_gradients(setup, tmp_path):
     torch.save({"step": 10}, path)
     with pytest.raises(ValueError, match="lacks"):
         make_selector(setup, tmp_path, adam_state=str(path)).score()
+    del exp_avg_sq[f"{name}.bias"]  # exported for other layers than the gradient subset
+    torch.save(
+        {"step": 1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "exp_avg_sq": exp_avg_sq}, path
+    )
+    with pytest.raises(ValueError, match=rf"no exp_avg_sq for {name}\.bias"):
+        make_selector(setup, tmp_path, adam_state=str(path)).score()
+
+
+@pytest.fixture(scope="module")
+def adam_run(tmp_path_factory, tiny_shard, tokenizer_dir):
+    """A 2-step ZeRO-2 pretrain run whose checkpoint carries adam_state.pt for down_proj."""
+    from megatron_bliss.engine.config import load_pretrain_config
+    from megatron_bliss.engine.trainer import pretrain
+
+    run_dir = tmp_path_factory.mktemp("adam_run") / "run"
+    values = {
+        "run_dir": run_dir, "data.prefix": tiny_shard, "data.tokenizer": tokenizer_dir,
+        "data.seq_length": SEQ, "model.preset": "pythia-tiny", "train.global_batch_size": 4,
+        "train.micro_batch_size": 2, "train.train_steps": 2, "train.precision": "fp32",
+        "logging.progress_bar": False, "logging.tensorboard": False,
+        "deepspeed.config": "ds_configs/cpu_zero2.json",
+        "checkpoint.adam_state_params": "[down_proj]",
+    }  # fmt: skip
+    pretrain(load_pretrain_config(None, [f"{key}={value}" for key, value in values.items()]))
+    return run_dir
+
+
+def test_adam_state_from_an_engine_checkpoint(setup, adam_run, tmp_path):
+    import shutil
+
+    from megatron_bliss.selection.proxy import load_target_model
+
+    model = load_target_model(adam_run / "checkpoints", torch.device("cpu"))
+    plain = make_selector(setup, tmp_path, model=model, proj_type="none").score()
+    step_folder = adam_run / "checkpoints" / "global_step2"
+    scores = {
+        where: make_selector(
+            setup, tmp_path, model=model, proj_type="none", adam_state=str(where)
+        ).score()
+        for where in (adam_run / "checkpoints", step_folder, step_folder / "adam_state.pt")
+    }
+    first, *others = scores.values()
+    assert np.isfinite(first).all() and not np.allclose(first, plain, rtol=1e-3, atol=0)
+    for other in others:
+        np.testing.assert_array_equal(other, first)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(adam_run / "checkpoints", bare)
+    (bare / "global_step2" / "adam_state.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"global_step2/adam_state\.pt: not found"):
+        make_selector(setup, tmp_path, model=model, adam_state=str(bare)).score()
+    with pytest.raises(ValueError, match="filled in by the pipeline"):
+        make_selector(setup, tmp_path, model=model, adam_state="auto").score()
 
 
 def test_round_robin_takes_turns():
