@@ -67,7 +67,8 @@ class PipelineConfig:
     pretrain: dict[str, Any] = field(default_factory=dict)
     """PretrainConfig sections (model, train, optimizer, schedule, deepspeed, logging, ...)."""
     select: dict[str, Any] = field(default_factory=dict)
-    """SelectConfig fields and per-method sections (bliss:, mates:, ...)."""
+    """SelectConfig fields and per-method sections (bliss:, mates:, ...). ``influence:
+    {adam_state: auto}`` selects with the previous round's AdamW state (Adam version)."""
     eval: EvalSection = field(default_factory=EvalSection)
 
     def __post_init__(self):

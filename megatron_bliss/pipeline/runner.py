@@ -7,6 +7,11 @@
 Each stage runs in this process (tests inject kills through hooks) or, for training with
 ``launcher: torchrun``, as a ``torchrun`` job of ``nproc_per_node`` ranks, the way a cluster runs
 each stage. Finished stages are skipped; a killed stage resumes from its own checkpoints.
+
+Influence Distillation's Adam version (``select: {influence: {adam_state: auto}}``): every
+training stage exports the AdamW second moments of the selector's ``param_subset`` with its
+checkpoints (``checkpoint.adam_state_params``), and round r's selection preconditions with those
+of round r-1's checkpoint, the model it selects for.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from megatron_bliss.utils.paths import shared_data_dir
 logger = logging.getLogger(__name__)
 
 SELECTION_OUTPUTS = ("scores.npy", "selection.npy", "selection.json", "score_model")
+ADAM_STATE_AUTO = "auto"
 
 
 @dataclasses.dataclass
@@ -145,7 +151,9 @@ class Pipeline:
         c = self.config
         round_dir = self._round_dir(r)
         work_dir = round_dir / "select_run"
-        select_config = from_dict(SelectConfig, self._select_dict(r), where="pipeline.select")
+        select_config = from_dict(
+            SelectConfig, self._select_dict(r, previous), where="pipeline.select"
+        )
         validate_sections(select_config, "pipeline.select")
         run_selection(
             c.method, select_config, data_prefix=c.shards[r], run_dir=work_dir,
@@ -160,7 +168,7 @@ class Pipeline:
         meta = json.loads((round_dir / "selection.json").read_text())
         return {"flops": float(meta.get("flops", 0.0)), "num_selected": meta["num_selected"]}
 
-    def _select_dict(self, r: int) -> dict[str, Any]:
+    def _select_dict(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
         """SelectConfig values for round r: the shared settings plus the round's carry-overs."""
         c = self.config
         values = merge(
@@ -174,7 +182,21 @@ class Pipeline:
             if r > 1:
                 carry["score_model_init"] = str(self._round_dir(r - 1) / "score_model")
             values = merge(values, {"bliss": carry})
+        if self._adam_state_layers():
+            values = merge(values, {"influence": {"adam_state": previous["checkpoints"]}})
         return values
+
+    def _adam_state_layers(self) -> list[str]:
+        """The layers whose Adam moments training stages export: the influence selector's
+        ``param_subset`` when it asks for ``adam_state: auto``, else none."""
+        c = self.config
+        section = c.select.get("influence") or {}
+        if c.method != "influence" or section.get("adam_state") != ADAM_STATE_AUTO:
+            return []
+        from megatron_bliss.selection.influence import InfluenceSelector
+
+        typed = from_dict(InfluenceSelector.Config, section, where="pipeline.select.influence")
+        return [typed.param_subset]
 
     def _train(self, r: int, upstream: str, steps: int, lr_multiplier: float, load: str | None):
         c = self.config
@@ -183,6 +205,10 @@ class Pipeline:
             run_dir=round_dir, steps=steps, lr_multiplier=lr_multiplier,
             selection=round_dir / "selection.npy", shard=c.shards[r],
         )  # fmt: skip
+        exported = config.checkpoint.adam_state_params
+        config.checkpoint.adam_state_params = list(
+            dict.fromkeys([*exported, *self._adam_state_layers()])
+        )
         marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
         if not marker.done():
             self._before(r, "train")
@@ -344,6 +370,8 @@ def _comparable(config: PretrainConfig) -> dict[str, Any]:
     own directory only as a placeholder (a reused warm-up lives under another run's path)."""
     values = dataclasses.asdict(config)
     values["checkpoint"] = {k: v for k, v in values["checkpoint"].items() if k != "load"}
+    if not values["checkpoint"]["adam_state_params"]:  # off: hashes of earlier runs still match
+        del values["checkpoint"]["adam_state_params"]
     run_dir = str(values.pop("run_dir"))
     return json.loads(json.dumps(values).replace(run_dir, "<RUN_DIR>"))
 

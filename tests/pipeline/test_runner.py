@@ -14,7 +14,7 @@ import pytest
 from megatron_bliss.config import ConfigError, from_dict
 from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
 from megatron_bliss.pipeline.config import PipelineConfig, load_pipeline_config
-from megatron_bliss.pipeline.runner import PipelineHooks, run_pipeline
+from megatron_bliss.pipeline.runner import Pipeline, PipelineHooks, run_pipeline
 
 
 class Killed(RuntimeError):
@@ -145,6 +145,34 @@ def test_random_pipeline_reuses_the_warmup(pipeline_inputs, tmp_path):
     assert (
         json.loads((tmp_path / "random/round_1/selection.json").read_text())["method"] == "random"
     )
+
+
+def test_influence_adam_version_preconditions_with_the_previous_round(pipeline_inputs, tmp_path):
+    import yaml
+
+    from megatron_bliss.pipeline.runner import _comparable
+
+    tiny_influence = {"num_landmarks": 8, "proj_dim": 128, "jvp_proj_dim": 64, "num_blocks": 1}
+    config = tiny_config(
+        pipeline_inputs, tmp_path / "run", method="influence", num_rounds=1,
+        eval={"enabled": False},
+    )  # fmt: skip
+    config.select["influence"] = {**tiny_influence, "adam_state": "auto"}
+    run_pipeline(config)
+    for r in (0, 1):
+        checkpoints = tmp_path / f"run/round_{r}/checkpoints"
+        latest = (checkpoints / "latest").read_text().strip()
+        assert (checkpoints / latest / "adam_state.pt").exists()
+        stage = yaml.safe_load((tmp_path / f"run/round_{r}/config.yaml").read_text())
+        assert stage["checkpoint"]["adam_state_params"] == ["down_proj"]
+    resolved = yaml.safe_load((tmp_path / "run/round_1/select_run/config.yaml").read_text())
+    assert resolved["influence"]["adam_state"] == str(tmp_path / "run/round_0/checkpoints")
+
+    plain = tiny_config(pipeline_inputs, tmp_path / "plain", method="influence", num_rounds=0)
+    plain.select["influence"] = tiny_influence  # default: no export, stage hashes as before
+    layers = Pipeline(plain)._adam_state_layers()
+    stage = Pipeline(plain)._pretrain_config(tmp_path, 4, 1.0, "sel.npy", "shard")
+    assert layers == [] and "adam_state_params" not in _comparable(stage)["checkpoint"]
 
 
 def test_config_errors(tmp_path):
