@@ -19,6 +19,7 @@ import numpy as np
 from megatron_bliss.data.merge import merge_datasets
 from megatron_bliss.data.preprocess import (
     RunContext,
+    check_has_documents,
     describe_inputs,
     manifest_for,
     process_files,
@@ -78,6 +79,10 @@ def process_in_partitions(context: RunContext, paths: list[Path]) -> dict:
             )
         results.append(result)
         next_document = result["next_document"]
+    documents = sum(count[0] for result in results for count in result["counts"].values())
+    if documents == 0:
+        shutil.rmtree(parts_dir)
+    check_has_documents(paths, documents)
     merged = _merge_parts(context, results, all_inputs)
     shutil.rmtree(parts_dir)
     return merged

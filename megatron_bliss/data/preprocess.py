@@ -117,8 +117,10 @@ def _record_texts(record, keys: list[str]) -> list[str] | str:
         return "expected a JSON object"
     texts = []
     for key in keys:
-        if key not in record or record[key] is None:
+        if key not in record:
             return f"missing key '{key}'"
+        if record[key] is None:
+            return f"key '{key}' is null"
         if not isinstance(record[key], str):
             return f"key '{key}' is not a string"
         texts.append(record[key])
@@ -349,6 +351,8 @@ def process_files(
                 sum(len(v) for v in result.tokens.values()),
                 result.num_bytes,
             )
+        if first_document is None:  # a part of a partitioned run may be empty; the whole may not
+            check_has_documents(paths, sum(count[0] for count in writers.counts.values()))
         writers.commit()
     except BaseException:
         writers.discard()
@@ -363,6 +367,13 @@ def process_files(
         "next_document": writers.documents,
         "rates": progress.rates(),
     }
+
+
+def check_has_documents(paths: list[Path], documents: int) -> None:
+    """An empty dataset is never what a user meant: stop instead of writing one."""
+    if documents == 0:
+        named = str(paths[0]) + (f" (and {len(paths) - 1} more)" if len(paths) > 1 else "")
+        raise ValueError(f"{named}: no documents (the input is empty or every text is empty)")
 
 
 def manifest_for(context: RunContext, inputs: list[dict], result: dict, name: str) -> dict:

@@ -70,12 +70,15 @@ def expand_inputs(specs: list[str] | str) -> list[Path]:
 
 
 def _open_text(path: Path):
+    """Text lines of a JSON-lines file; ``utf-8-sig`` drops a leading byte-order mark."""
     name = path.name
     if name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="\n")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="\n")
     if name.endswith(".zst"):
-        return io.TextIOWrapper(io.BufferedReader(ZstdReader(path)), encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
+        return io.TextIOWrapper(
+            io.BufferedReader(ZstdReader(path)), encoding="utf-8-sig", newline="\n"
+        )
+    return open(path, encoding="utf-8-sig", newline="\n")
 
 
 class ZstdReader(io.RawIOBase):

@@ -95,6 +95,7 @@ BAD_INPUTS = {
     "malformed": ('{"text": "fine"}\n{"text": "broken\n', r"bad\.jsonl:2: malformed JSON"),
     "missing_key": ('{"text": "fine"}\n{"body": "x"}\n', r"bad\.jsonl:2: missing key 'text'"),
     "not_string": ('{"text": 3}\n', r"bad\.jsonl:1: key 'text' is not a string"),
+    "null_text": ('{"text": null}\n', r"bad\.jsonl:1: key 'text' is null"),
     "not_object": ("[1, 2]\n", r"bad\.jsonl:1: expected a JSON object"),
 }
 
@@ -110,6 +111,37 @@ def test_bad_line_stops_with_one_line_and_leaves_nothing(tmp_path, tokenizer_dir
         preprocess(tmp_path / "in", tmp_path / "out" / "c", tokenizer_dir, workers=2, batch_lines=4)
     assert "\n" not in str(error.value)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_bom_crlf_and_blank_lines_read_like_plain_lines(
+    tmp_path, docs, tokenizer, tokenizer_dir, suffix
+):
+    lines = "\r\n\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in docs)
+    data = ("\ufeff" + lines + "\r\n").encode("utf-8")
+    source = tmp_path / f"bom{suffix}"
+    source.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    preprocess(source, tmp_path / "b", tokenizer_dir)
+    assert read_bytes(tmp_path / "b_text_document") == reference_bytes(tokenizer, docs, tmp_path)
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_input_without_documents_stops_and_writes_nothing(tmp_path, tokenizer_dir, partitions):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("")
+    (tmp_path / "in" / "b.jsonl").write_text('\n{"text": ""}\n')
+    with pytest.raises(ValueError, match=r"a\.jsonl \(and 1 more\): no documents") as error:
+        preprocess(tmp_path / "in", tmp_path / "out" / "e", tokenizer_dir, partitions=partitions)
+    assert "\n" not in str(error.value)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_empty_file_among_others_is_fine(tmp_path, docs, tokenizer, tokenizer_dir):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("")
+    write_jsonl(tmp_path / "in" / "b.jsonl", docs)
+    preprocess(tmp_path / "in", tmp_path / "m", tokenizer_dir, partitions=2)
+    assert read_bytes(tmp_path / "m_text_document") == reference_bytes(tokenizer, docs, tmp_path)
 
 
 def test_skip_bad_lines_counts_them(tmp_path, tokenizer, tokenizer_dir):
