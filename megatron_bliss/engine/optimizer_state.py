@@ -10,8 +10,11 @@ DeepSpeed's ``safe_get_full_optimizer_state`` and saved under the model's own
     {"step": int, "beta1": float, "beta2": float, "eps": float,
      "exp_avg_sq": {"gpt_neox.layers.0.mlp.dense_4h_to_h.weight": fp32 tensor, ...}}
 
-Only the layers named by ``checkpoint.adam_state_params`` are exported (``down_proj``: the MLP
-down-projections, Influence Distillation's default subset), which keeps the file small.
+``step`` is the optimizer's own count, which its next update's bias correction uses: the
+optimizer steps taken, plus one under DeepSpeed's 16-bit wrappers without ZeRO (they take a
+zero-gradient step at construction). Only the layers named by ``checkpoint.adam_state_params``
+are exported (``down_proj``: the MLP down-projections, Influence Distillation's default subset),
+which keeps the file small.
 """
 
 from __future__ import annotations
@@ -83,13 +86,34 @@ def relink_state_fragments(optimizer) -> None:
         optimizer._lazy_init_hp_params_optimizer_state()
 
 
+def master_copy_state(optimizer, parameter: torch.nn.Parameter) -> torch.Tensor | None:
+    """``exp_avg_sq`` without ZeRO: of the parameter itself (fp32: the plain torch optimizer), or
+    of its fp32 master copy under DeepSpeed's 16-bit wrappers, which keep one master tensor per
+    parameter (``fp32_groups``, unfused) or one flat master per group (``fp32_groups_flat``,
+    fused; parameters concatenated in group order without padding)."""
+    state = optimizer.state.get(parameter, {})
+    if "exp_avg_sq" in state:
+        return state["exp_avg_sq"]
+    for group_index, group in enumerate(getattr(optimizer, "fp16_groups", [])):
+        offset = 0
+        for index, member in enumerate(group):
+            if member is parameter:
+                if hasattr(optimizer, "fp32_groups_flat"):
+                    flat = optimizer.fp32_groups_flat[group_index]
+                    moment = optimizer.state[flat]["exp_avg_sq"]
+                    return moment.narrow(0, offset, member.numel()).view(member.shape)
+                return optimizer.state[optimizer.fp32_groups[group_index][index]]["exp_avg_sq"]
+            offset += member.numel()
+    return None
+
+
 def full_exp_avg_sq(parameter: torch.nn.Parameter, optimizer, name: str) -> torch.Tensor:
     """The full-shape fp32 second moment of one parameter (a collective under ZeRO)."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
     value = safe_get_full_optimizer_state(parameter, "exp_avg_sq")
-    if value is None:  # no ZeRO and no bf16 wrapper: the plain torch optimizer owns the state
-        value = optimizer.state.get(parameter, {}).get("exp_avg_sq")
+    if value is None:  # no ZeRO: the optimizer's state is keyed by this parameter or its master
+        value = master_copy_state(optimizer, parameter)
     if value is None:
         raise ValueError(f"adam_state: no exp_avg_sq for parameter {name}")
     return value.detach().float().cpu().clone()  # clone: never save a larger gather buffer
