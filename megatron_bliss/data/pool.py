@@ -67,6 +67,16 @@ class SequencePool:
     def __len__(self) -> int:
         return self.num_sequences
 
+    def require_sequences(self) -> SequencePool:
+        """Self, or one clear error when the shard is shorter than one sequence (scoring or
+        selecting from an empty pool would only fail later, less clearly)."""
+        if self.num_sequences == 0:
+            raise ValueError(
+                f"{self.prefix}: {self.num_tokens} tokens hold no sequence of length "
+                f"{self.seq_length} (a sequence needs {self.seq_length + 1} tokens)"
+            )
+        return self
+
     def __getitem__(self, index: int) -> np.ndarray:
         """Sequence ``index`` as int64 tokens of length ``seq_length + 1``."""
         if not 0 <= index < self.num_sequences:

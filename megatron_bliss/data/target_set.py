@@ -31,7 +31,7 @@ class TargetExample:
 
 def _read_rows(path: Path) -> list[dict]:
     rows = []
-    with open(path) as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -44,15 +44,30 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def json_type(value) -> str:
+    """JSON's name for the type of a parsed value (what the user wrote in the file)."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             list: "an array", dict: "an object"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def _field(row, name: str, fmt: str, where: str) -> str:
+    """The string ``row[name]``, or one error naming the row and what the format expects."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    if name not in row:
+        wanted = "'prompt' and 'continuation'" if fmt == "prompt_continuation" else "'text'"
+        raise ValueError(f"{where}: missing field '{name}' (--target-format {fmt} reads {wanted})")
+    if not isinstance(row[name], str):
+        raise ValueError(f"{where}: field '{name}' is {json_type(row[name])}, not a string")
+    return row[name]
+
+
 def _split(row: dict, fmt: str, where: str) -> tuple[str, str]:
     """(context, scored text) of one row."""
     if fmt == "prompt_continuation":
-        if "prompt" not in row or "continuation" not in row:
-            raise ValueError(f"{where}: expected fields 'prompt' and 'continuation'")
-        return str(row["prompt"]), str(row["continuation"])
-    if "text" not in row:
-        raise ValueError(f"{where}: missing field 'text'")
-    text = str(row["text"])
+        return _field(row, "prompt", fmt, where), _field(row, "continuation", fmt, where)
+    text = _field(row, "text", fmt, where)
     if fmt == "documents":
         return "", text
     context, _, word = text.rstrip().rpartition(" ")

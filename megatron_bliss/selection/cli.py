@@ -156,7 +156,7 @@ def run_selection(
     from megatron_bliss.selection.base import SelectionContext
     from megatron_bliss.selection.hypergrad import rank
     from megatron_bliss.selection.proxy import load_target_model
-    from megatron_bliss.selection.rule import write_selection
+    from megatron_bliss.selection.rule import check_selection_settings, write_selection
 
     if not isinstance(config, SelectConfig):
         config = load_select_config(config, overrides)
@@ -167,8 +167,8 @@ def run_selection(
     cli_values = {"fraction": fraction, "seed": seed, "gumbel_temperature": gumbel_temperature}
     config = dataclasses.replace(config, **{k: v for k, v in cli_values.items() if v is not None})
     selector_config = method_config(config, method)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_selection_settings(config.fraction, config.gumbel_temperature)
+    pool = SequencePool(data_prefix, config.seq_length).require_sequences()
     device = resolve_device(config.device)
     if isinstance(tokenizer, str | Path):
         tokenizer = load_tokenizer(tokenizer)
@@ -177,9 +177,6 @@ def run_selection(
     )
     if tokenizer is None and target_has_tokenizer:
         tokenizer = load_tokenizer(target_model)
-    pool = SequencePool(data_prefix, config.seq_length)
-    if len(pool) == 0:
-        raise ValueError(f"{data_prefix}: no sequences of length {config.seq_length}")
     target_set = None
     if target_data is not None:
         if tokenizer is None:
@@ -187,6 +184,8 @@ def run_selection(
         target_set = TargetSet.from_jsonl(
             target_data, tokenizer, target_format, config.target_max_length, config.target_limit
         )
+    run_dir = Path(run_dir)  # created only once the inputs have been checked
+    run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(target_model, str | Path):
         target_model = load_target_model(target_model, device)
     elif target_model is None and method not in NO_TARGET_MODEL:

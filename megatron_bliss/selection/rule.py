@@ -16,12 +16,19 @@ import numpy as np
 from megatron_bliss.utils.io import atomic_save_npy, atomic_write_json
 
 
+def check_selection_settings(fraction: float, gumbel_temperature: float = 0.0) -> None:
+    """Reject a fraction or temperature the rule cannot use, before any work is spent."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not gumbel_temperature >= 0.0:  # also rejects NaN
+        raise ValueError(f"gumbel_temperature must be >= 0, got {gumbel_temperature}")
+
+
 def select_top_fraction(
     scores: np.ndarray, fraction: float, seed: int = 0, gumbel_temperature: float = 0.0
 ) -> np.ndarray:
     """Sorted int64 indices of the kept sequences."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    check_selection_settings(fraction, gumbel_temperature)
     scores = np.asarray(scores, dtype=np.float64)
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")

@@ -134,6 +134,13 @@ def _check_or_write_meta(parts: Path, meta: dict, rank: int) -> None:
         atomic_write_json(meta_path, meta)
 
 
+def check_positive(**values: int | None) -> None:
+    """Sizes that must be at least 1 (None: use the default), checked before any file is made."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def score_shard(
     scorer: str | Path,
     data_prefix: str,
@@ -153,13 +160,14 @@ def score_shard(
 
     from megatron_bliss.selection.score_model import load_score_model, read_meta
 
+    check_positive(seq_length=seq_length, batch_size=batch_size, chunk_size=chunk_size)
     rank = hg.rank() if rank is None else rank
     world = hg.world_size() if world is None else world
     device = torch.device(device or default_device())
     scorer, out = Path(scorer), Path(out)
     meta = read_meta(scorer)
-    seq_length = int(seq_length or meta["seq_length"])
-    pool = SequencePool(data_prefix, seq_length)
+    seq_length = int(meta["seq_length"] if seq_length is None else seq_length)
+    pool = SequencePool(data_prefix, seq_length).require_sequences()
     model = load_score_model(scorer, device)
     parts = _parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
@@ -259,9 +267,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_bliss.selection.rule import write_selection
+    from megatron_bliss.selection.rule import check_selection_settings, write_selection
     from megatron_bliss.selection.score_model import read_meta
 
+    if args.fraction is not None:
+        check_selection_settings(args.fraction, args.gumbel_temperature)
     init_distributed_from_env()
     scores = score_shard(
         args.scorer, args.data_prefix, args.out, seq_length=args.seq_length,
@@ -271,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     if scores is None:
         return 0
     if args.fraction is not None:
-        seq_length = args.seq_length or int(read_meta(args.scorer)["seq_length"])
+        seq_length = args.seq_length or int(read_meta(args.scorer)["seq_length"])  # checked >= 1
         write_selection(
             Path(args.out).parent, scores, method=read_meta(args.scorer).get("method", "bliss"),
             fraction=args.fraction, data_prefix=args.data_prefix, seq_length=seq_length,

@@ -22,3 +22,10 @@ def test_pool_follows_contract(tmp_path):
 def test_pool_missing_file_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere"):
         SequencePool(tmp_path / "nothere", 4)
+
+
+def test_shard_shorter_than_one_sequence_is_one_clear_error(tmp_path):
+    prefix = build_shard(tmp_path / "s_text_document", [[1, 2, 3], [4]])
+    assert SequencePool(prefix, 3).require_sequences().num_sequences == 1
+    with pytest.raises(ValueError, match=r"s_text_document: 4 tokens hold no sequence of length 4"):
+        SequencePool(prefix, 4).require_sequences()

@@ -125,3 +125,31 @@ def test_rule_ties_go_to_lower_index_and_gumbel_is_seeded():
     np.testing.assert_array_equal(a, b)
     draws = {tuple(select_top_fraction(scores, 0.5, s, 5.0)) for s in range(20)}
     assert len(draws) > 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"seq_length": 0}, "--seq-length must be at least 1"),
+     ({"batch_size": 0}, "--batch-size must be at least 1"),
+     ({"chunk_size": 0}, "--chunk-size must be at least 1")],
+)  # fmt: skip
+def test_sizes_below_one_stop_before_any_file(scorer_dir, tiny_shard, tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        score_shard(scorer_dir, tiny_shard, tmp_path / "out" / "scores.npy", **setting)
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_shorter_than_one_sequence_stops_before_any_file(scorer_dir, tmp_path):
+    from tests.conftest import build_shard
+
+    short = build_shard(tmp_path / "short_text_document", [[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"short_text_document: 3 tokens hold no sequence"):
+        score_shard(scorer_dir, short, tmp_path / "out" / "scores.npy")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("fraction", "temperature"), [(0.0, 0.0), (1.5, 0.0), (0.5, -1.0)])
+def test_rule_rejects_unusable_settings(fraction, temperature):
+    with pytest.raises(ValueError, match=r"fraction must be in|gumbel_temperature must be"):
+        select_top_fraction(np.zeros(4), fraction, 0, temperature)
+    np.testing.assert_array_equal(select_top_fraction(np.arange(4.0), 1.0), [0, 1, 2, 3])

@@ -98,3 +98,26 @@ def test_select_random_through_registry(tmp_path, tiny_shard):
     meta = json.loads((tmp_path / "selection.json").read_text())
     assert meta["method"] == "random" and meta["seed"] == 3
     assert not (tmp_path / "score_model").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--fraction", "1.5"], "fraction must be in (0, 1], got 1.5"),
+     (["--fraction", "0"], "fraction must be in (0, 1], got 0.0"),
+     (["--gumbel-temperature", "-1"], "gumbel_temperature must be >= 0"),
+     (["seq_length=100000"], "tokens hold no sequence of length 100000"),
+     (["--target-data", "missing.jsonl"], "missing.jsonl: target set not found"),
+     (["--target-format", "prompt_continuation"], "missing field 'prompt'")],
+)  # fmt: skip
+def test_select_bad_input_is_one_line_before_any_work(
+    tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl, capsys, extra, message
+):
+    """Checked before the (slow) warm-ups: nothing is trained and no run directory is made."""
+    target = ["--target-data", str(corpus_jsonl)] if "--target-data" not in extra else []
+    code = main(
+        ["select", "--method", "bliss", "--config", CONFIG, "--data-prefix", tiny_shard,
+         "--tokenizer", str(tokenizer_dir), "--run-dir", str(tmp_path / "run"), *target, *extra]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "run").exists()
