@@ -67,25 +67,43 @@ def _tokenizer_source(meta: dict, checkpoint_dir: Path, tokenizer: str | None) -
     return meta.get("tokenizer")
 
 
+def check_output(output: Path) -> None:
+    """The output may be new, empty, or an earlier export (replaced); anything else is refused,
+    so a mistyped ``--output`` (a run directory, ``.``) is never deleted."""
+    if output.is_file() or output.is_symlink():
+        raise ValueError(f"{output}: --output exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()) and not (output / "config.json").is_file():
+        raise ValueError(
+            f"{output}: --output is a non-empty directory that is not a Hugging Face model "
+            "(no config.json); refusing to replace it"
+        )
+
+
 def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | None = None) -> Path:
     """Write ``output`` (config.json, model.safetensors, tokenizer) atomically; returns it."""
+    output = Path(output)
+    check_output(output)
     checkpoint_dir, tag = resolve_checkpoint(checkpoint)
     meta = read_meta(checkpoint_dir, tag)
     model = model_from_state_dict(
         meta["model_config"], consolidated_state_dict(checkpoint_dir, tag)
     )
     model.config.dtype = torch.float32
-    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    source = _tokenizer_source(meta, checkpoint_dir, tokenizer)
-    if source:
-        from transformers import AutoTokenizer
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        source = _tokenizer_source(meta, checkpoint_dir, tokenizer)
+        if source:
+            from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(source, trust_remote_code=False).save_pretrained(staging)
-    else:
-        logger.warning("no tokenizer found for %s: exported without one", checkpoint_dir)
+            AutoTokenizer.from_pretrained(source, trust_remote_code=False).save_pretrained(staging)
+        else:
+            logger.warning("no tokenizer found for %s: exported without one", checkpoint_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if output.exists():
         shutil.rmtree(output)
     staging.rename(output)
