@@ -5,17 +5,26 @@ them, ``meta.json`` (step, consumed samples, world size, ZeRO stage, the model's
 config so export never relies on a default) and ``rng_rank{r}.pt`` (each rank's RNG states, only
 tensors and numbers so ``torch.load(weights_only=True)`` reads them). DeepSpeed writes ``latest``
 last, so a save cut short by a kill leaves ``latest`` on the previous complete checkpoint.
+
+Elastic resume: a checkpoint written by another number of ranks (ZeRO's optimizer shards are cut
+per rank) is converted once by DeepSpeed's ``ds_to_universal`` into ``<tag>_universal/`` next to
+it (one file per parameter and state, independent of the partitioning) and loaded with
+``"checkpoint": {"load_universal": true}``. Such folders are never step checkpoints: pruning a tag
+removes its universal copy too.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import logging
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +35,16 @@ from megatron_bliss.utils.io import atomic_path, atomic_write_json
 logger = logging.getLogger(__name__)
 
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
+UNIVERSAL_SUFFIX = "_universal"
+
+
+class ResumePoint(NamedTuple):
+    """Where a run continues from; ``elastic``: through a universal conversion."""
+
+    checkpoint_dir: Path
+    tag: str
+    meta: dict[str, Any]
+    elastic: bool
 
 
 def tag_for(step: int) -> str:
@@ -113,6 +132,7 @@ def save_checkpoint(
 
 
 def prune_checkpoints(checkpoint_dir: Path, keep_last: int, protect: str) -> None:
+    """Keep the last ``keep_last`` step folders; a pruned tag's universal copy goes with it."""
     tags = sorted(
         (int(match.group(1)), entry.name)
         for entry in checkpoint_dir.iterdir()
@@ -121,15 +141,52 @@ def prune_checkpoints(checkpoint_dir: Path, keep_last: int, protect: str) -> Non
     for _, name in tags[:-keep_last]:
         if name != protect:
             shutil.rmtree(checkpoint_dir / name, ignore_errors=True)
+    for entry in checkpoint_dir.glob(f"*{UNIVERSAL_SUFFIX}"):
+        if entry.is_dir() and not (checkpoint_dir / entry.name[: -len(UNIVERSAL_SUFFIX)]).is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def needs_universal(
+    meta: dict[str, Any], world_size: int, zero_stage: int, where: Path, elastic: bool
+) -> bool:
+    """Whether the checkpoint must go through a universal conversion to load in this run.
+
+    Same ranks: no (DeepSpeed's own shards load as they are). Other ranks: yes when ``elastic``
+    and the stage is the same ZeRO 1-3 stage. A stage change stops with one line: DeepSpeed
+    0.19.8's ZeRO-2 and ZeRO-3 universal layouts differ (model-state file names, the optimizer
+    state file), so neither loads the other's.
+    """
+    saved_ranks = int(meta.get("world_size", world_size))
+    saved_stage = int(meta.get("zero_stage", zero_stage))
+    if not elastic:
+        check_compatible(meta, world_size, zero_stage, where)
+    if saved_stage != zero_stage:
+        raise ConfigError(
+            f"{where}: checkpoint was written with ZeRO stage {saved_stage}, this run uses stage "
+            f"{zero_stage}; resume with the same stage (elastic resume changes only the number "
+            "of ranks) or export it (megatron-bliss export-hf) and use model.init_from"
+        )
+    if saved_ranks == world_size:
+        return False
+    if zero_stage < 1:
+        raise ConfigError(
+            f"{where}: checkpoint was written by {saved_ranks} ranks, this run has {world_size}; "
+            "resuming on another number of ranks needs ZeRO stage 1-3 (universal checkpoint): "
+            "resume with the same ranks, or export it (megatron-bliss export-hf) and use "
+            "model.init_from"
+        )
+    return True
 
 
 def check_compatible(meta: dict[str, Any], world_size: int, zero_stage: int, where: Path) -> None:
-    """Stop with one line when the checkpoint's partitioning does not match this run."""
+    """Stop with one line when the checkpoint's partitioning does not match this run (the rule
+    without elastic resume, ``checkpoint.elastic_resume=false``)."""
     if int(meta.get("world_size", world_size)) != world_size:
         raise ConfigError(
             f"{where}: checkpoint was written by {meta['world_size']} ranks, this run has "
-            f"{world_size}; resume with the same number of ranks, or export it "
-            f"(megatron-bliss export-hf) and start a new run with model.init_from=EXPORTED_DIR"
+            f"{world_size}; resume with the same number of ranks (or set "
+            "checkpoint.elastic_resume=true), or export it (megatron-bliss export-hf) and start a "
+            "new run with model.init_from=EXPORTED_DIR"
         )
     if int(meta.get("zero_stage", zero_stage)) != zero_stage:
         raise ConfigError(
@@ -138,17 +195,121 @@ def check_compatible(meta: dict[str, Any], world_size: int, zero_stage: int, whe
         )
 
 
-def load_checkpoint(engine, checkpoint_dir: Path, tag: str, rank: int) -> dict[str, Any]:
-    """Restore model, optimizer, step and this rank's RNG; returns the checkpoint's meta."""
+def universal_tag(tag: str) -> str:
+    return tag + UNIVERSAL_SUFFIX
+
+
+def convert_to_universal(checkpoint_dir: Path, tag: str, is_main: bool) -> str:
+    """``tag`` converted to DeepSpeed's universal layout once; returns the universal tag.
+
+    Collective: rank 0 converts into a temporary folder and renames it when complete (a finished
+    conversion is reused), the other ranks wait; a failure on rank 0 stops every rank.
+    """
+    import torch.distributed as dist
+
+    target = checkpoint_dir / universal_tag(tag)
+    failure = ""
+    if is_main and not target.is_dir():
+        try:
+            _run_ds_to_universal(checkpoint_dir / tag, target)
+        except Exception as error:  # reported on every rank below
+            failure = f"{checkpoint_dir / tag}: universal checkpoint conversion failed: {error}"
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        failures = [failure]
+        dist.broadcast_object_list(failures, src=0)
+        failure = failures[0]
+    if failure:
+        raise ValueError(failure)
+    return target.name
+
+
+def _run_ds_to_universal(source: Path, target: Path) -> None:
+    """DeepSpeed's converter in-process; its prints go to the debug log, its output is renamed.
+
+    The converter writes ``latest_universal`` next to its output folder, so it runs inside a
+    private temporary parent that also keeps half-written files away from ``target``.
+    """
+    from deepspeed.checkpoint import ds_to_universal
+
+    if not any(source.glob("*optim_states.pt")):
+        raise FileNotFoundError(f"{source}: no optimizer states (*optim_states.pt) to convert")
+    staging = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    output = staging / target.name
+    arguments = argparse.Namespace(
+        input_folder=str(source),
+        output_folder=str(output),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            ds_to_universal.main(arguments)
+        logger.debug("ds_to_universal output:\n%s", printed.getvalue())
+        output.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def repair_universal_optimizer_state(engine, universal_dir: Path) -> None:
+    """Undo two slips of DeepSpeed's ZeRO-3 universal loader (0.19.8) so training continues
+    exactly: it copies group 0's options to every group (the no-decay group would get group 0's
+    weight decay), and it gives every group the same ``step`` tensor object, which AdamW then
+    increments once per group per step (wrong bias correction from the next step on).
+    ZeRO-1/2 need neither; both repairs are no-ops there."""
+    saved = torch.load(universal_dir / "zero" / "optimizer_state.pt", weights_only=False)
+    saved_groups = saved.get("param_groups", [])
+    live_groups = engine.optimizer.param_groups
+    if len(saved_groups) != len(live_groups):
+        raise ValueError(
+            f"{universal_dir}: {len(saved_groups)} optimizer groups saved, this run has "
+            f"{len(live_groups)}"
+        )
+    for live, stored in zip(live_groups, saved_groups, strict=True):
+        live.update({key: value for key, value in stored.items() if key != "params"})
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in base.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
+
+
+def reseed_for_elastic_resume(seed: int, step: int, rank: int) -> None:
+    """Per-rank RNG files cannot map onto another number of ranks: derive fresh, reproducible
+    streams from (seed, step, rank) instead (python, numpy, torch)."""
+    derived = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
+
+
+def load_checkpoint(
+    engine, checkpoint_dir: Path, tag: str, rank: int, universal: str | None = None
+) -> dict[str, Any]:
+    """Restore model, optimizer, step and this rank's RNG; returns the checkpoint's meta.
+
+    With ``universal`` (a universal tag: an elastic resume; the engine was built with ``load_universal``) the
+    weights and optimizer come from that converted folder, meta from ``tag``, and the RNG is not
+    restored (the caller re-seeds, see ``reseed_for_elastic_resume``).
+    """
     meta = read_meta(checkpoint_dir, tag)
+    load_tag = universal or tag
     load_path, _ = engine.load_checkpoint(
         str(checkpoint_dir),
-        tag=tag,
+        tag=load_tag,
         load_optimizer_states=True,
         load_lr_scheduler_states=False,
     )
     if load_path is None:
-        raise FileNotFoundError(f"{checkpoint_dir / tag}: DeepSpeed could not load the checkpoint")
+        raise FileNotFoundError(
+            f"{checkpoint_dir / load_tag}: DeepSpeed could not load the checkpoint"
+        )
+    if universal:
+        repair_universal_optimizer_state(engine, checkpoint_dir / universal)
+        return meta
     rng_path = checkpoint_dir / tag / f"rng_rank{rank}.pt"
     if rng_path.exists():
         set_rng_state(torch.load(rng_path, weights_only=True))

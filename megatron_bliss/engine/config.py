@@ -138,10 +138,10 @@ class CheckpointConfig:
     load: str | None = None
     """Resume from another run's checkpoints dir (or a step folder) instead of RUN_DIR's."""
     elastic_resume: bool = True
-    """Resume a checkpoint written by a different number of ranks (or another ZeRO stage 1-3):
-    it is converted once to DeepSpeed's universal checkpoint (``<tag>_universal/`` next to it)
-    and loaded from there, so weights, AdamW moments, step and data position carry over; each
-    rank's RNG is re-seeded from (seed, step, rank). False: such a checkpoint stops the run."""
+    """Resume a checkpoint written by a different number of ranks (same ZeRO stage 1-3): it is
+    converted once to DeepSpeed's universal checkpoint (``<tag>_universal/`` next to it) and
+    loaded from there, so weights, AdamW moments, step and data position carry over; each rank's
+    RNG is re-seeded from (seed, step, rank). False: such a checkpoint stops the run."""
     adam_state_params: list[str] = field(default_factory=list)
     """Layers whose AdamW second moments (with step, betas, eps) go into ``adam_state.pt`` of
     every checkpoint, for Influence Distillation's Adam preconditioner: subset names

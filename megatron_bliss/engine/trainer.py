@@ -142,6 +142,13 @@ def build_ds_config(
     return ds
 
 
+def with_universal_loading(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed JSON that makes ``engine.load_checkpoint`` read a universal checkpoint
+    (an elastic resume); saving is unchanged."""
+    checkpoint = {**ds_config.get("checkpoint", {}), "load_universal": True}
+    return {**ds_config, "checkpoint": checkpoint}
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay for biases and norm weights (1-D tensors), as Megatron."""
     decay, no_decay = [], []
@@ -332,6 +339,9 @@ class TrainingStage:
     def _initialize_engine(self) -> None:
         import deepspeed
 
+        self.resume_point = self._find_resume_point()
+        if self.resume_point is not None and self.resume_point.elastic:
+            self.ds_config = with_universal_loading(self.ds_config)
         groups = parameter_groups(self.model, self.config.optimizer.weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, model_parameters=groups, config=self.ds_config
@@ -341,21 +351,54 @@ class TrainingStage:
             self.precision, torch.float32
         )
 
-    def _resume(self) -> None:
+    def _find_resume_point(self) -> ckpt.ResumePoint | None:
+        """The checkpoint to resume from, or None for a fresh start;
+        checks the checkpoint fits this run (before the engine exists, which a universal load
+        must be configured for)."""
         source = self.config.checkpoint.load
         if source is None:
             if not self.config.checkpoint.resume or not (self.checkpoint_dir / "latest").exists():
-                return
+                return None
             source = str(self.checkpoint_dir)
         checkpoint_dir, tag = ckpt.resolve_checkpoint(source)
         meta = ckpt.read_meta(checkpoint_dir, tag)
-        ckpt.check_compatible(meta, self.context.world_size, self.zero_stage, checkpoint_dir / tag)
-        meta = ckpt.load_checkpoint(self.engine, checkpoint_dir, tag, self.context.rank)
+        elastic = ckpt.needs_universal(
+            meta,
+            self.context.world_size,
+            self.zero_stage,
+            checkpoint_dir / tag,
+            self.config.checkpoint.elastic_resume,
+        )
+        return ckpt.ResumePoint(checkpoint_dir, tag, meta, elastic)
+
+    def _resume(self) -> None:
+        if self.resume_point is None:
+            return
+        checkpoint_dir, tag, meta, elastic = self.resume_point
+        universal = None
+        if elastic:
+            universal = ckpt.convert_to_universal(checkpoint_dir, tag, self.context.is_main)
+        meta = ckpt.load_checkpoint(
+            self.engine, checkpoint_dir, tag, self.context.rank, universal=universal
+        )
         self.step = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
         if self.engine.global_steps != self.step:
             raise ValueError(
                 f"{checkpoint_dir / tag}: DeepSpeed step {self.engine.global_steps} != {self.step}"
+            )
+        if elastic:
+            ckpt.reseed_for_elastic_resume(self.config.train.seed, self.step, self.context.rank)
+            logger.info(
+                "elastic resume: %s was written by %d rank(s) with ZeRO-%d, this run has %d "
+                "with ZeRO-%d; loaded through DeepSpeed's universal checkpoint %s, RNG re-seeded "
+                "from (seed, step, rank)",
+                checkpoint_dir / tag,
+                int(meta["world_size"]),
+                int(meta["zero_stage"]),
+                self.context.world_size,
+                self.zero_stage,
+                checkpoint_dir / universal,
             )
         if self.context.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
