@@ -25,6 +25,24 @@ from megatron_bliss.eval.task_specs import HEADLINE_TASKS, KNOWN_TASKS, PPL_TASK
 DEFAULT_TASKS = ",".join(("lambada_openai",) + HEADLINE_TASKS)
 
 
+def positive_limit(text: str) -> float:
+    """``--limit``: a document count, or a fraction below 1 (lm-eval's meaning); never <= 0,
+    which lm-eval only reports as a failure deep inside a task."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def batch_size_value(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face model directory")
     parser.add_argument(
@@ -42,8 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"jsonl of {{'text'}} rows: held-out perplexity ({PPL_TASK})",
     )
-    parser.add_argument("--limit", type=float, default=None, help="documents per task (quick runs)")
-    parser.add_argument("--batch-size", default="8", help="batch size, or 'auto'")
+    parser.add_argument(
+        "--limit", type=positive_limit, default=None,
+        help="documents per task (quick runs); below 1: that fraction of each task",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=batch_size_value, default="8",
+                        help="batch size, or 'auto'")  # fmt: skip
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:0 ... (default: auto)")
     parser.add_argument(
         "--output", default=None, help="eval.json path (default: RUN_DIR/ or MODEL_DIR/eval.json)"

@@ -132,7 +132,7 @@ def validate_jsonl(path: Path, required_keys: tuple[str, ...]) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: task data file not found")
     rows = 0
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is fine (datasets too)
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -145,6 +145,9 @@ def validate_jsonl(path: Path, required_keys: tuple[str, ...]) -> int:
             missing = [key for key in required_keys if key not in row]
             if missing:
                 raise ValueError(f"{path}:{line_number}: missing field(s) {', '.join(missing)}")
+            nulls = [key for key in required_keys if row[key] is None]
+            if nulls:
+                raise ValueError(f"{path}:{line_number}: field(s) {', '.join(nulls)} null")
             rows += 1
     if rows == 0:
         raise ValueError(f"{path}: no documents")

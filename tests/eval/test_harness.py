@@ -167,7 +167,7 @@ def test_real_task_files_match_lm_eval_counts_and_prompts(shared_data, tmp_path)
         assert (text, target, choices) == first_request(reference)[1:], name
 
 
-@pytest.mark.parametrize("problem", ["missing", "bad_json", "missing_field"])
+@pytest.mark.parametrize("problem", ["missing", "bad_json", "missing_field", "null_field"])
 def test_bad_task_file_gives_one_error_line(problem, tiny_model_dir, tmp_path, capsys):
     from megatron_bliss.cli import main
 
@@ -178,10 +178,34 @@ def test_bad_task_file_gives_one_error_line(problem, tiny_model_dir, tmp_path, c
         path.write_text(good + "\n{not json\n")
     elif problem == "missing_field":
         path.write_text(json.dumps({"goal": "g", "sol1": "a", "label": 0}) + "\n")
+    elif problem == "null_field":
+        path.write_text(
+            good + "\n" + json.dumps({"goal": None, "sol1": "a", "sol2": "b", "label": 0})
+        )
     argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "piqa", "--task-data", str(tmp_path)]
     assert main(argv + ["--output", str(tmp_path / "eval.json")]) == 2
     error_lines = capsys.readouterr().err.strip().splitlines()
     assert len(error_lines) == 1 and str(path) in error_lines[0]
-    expected = {"missing": "not found", "bad_json": ":2: not valid JSON", "missing_field": "sol2"}
+    expected = {"missing": "not found", "bad_json": ":2: not valid JSON", "missing_field": "sol2",
+                "null_field": ":2: field(s) goal null"}  # fmt: skip
     assert expected[problem] in error_lines[0]
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_task_file_with_byte_order_mark_is_accepted(tmp_path):
+    from megatron_bliss.eval.task_specs import validate_jsonl
+
+    path = tmp_path / "ppl.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"text": "a"}\r\n\r\n{"text": "b"}\r\n')
+    assert validate_jsonl(path, ("text",)) == 2
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--limit", "0"), ("--limit", "-3"),
+                                             ("--batch-size", "0"), ("--batch-size", "x")])  # fmt: skip
+def test_eval_rejects_unusable_limit_and_batch_size_before_loading(tmp_path, capsys, flag, value):
+    from megatron_bliss.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "--model", str(tmp_path), "--tasks", "piqa", flag, value])
+    assert stop.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
