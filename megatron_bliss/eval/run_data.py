@@ -113,6 +113,8 @@ def _read_round(path: Path, index: int, pipeline_round: dict[str, Any], notes: l
 def load_run(path: str | Path) -> RunData:
     """Read ``path`` (a pipeline run directory); raise only when it is not one at all."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: a file, not a run directory")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: run directory not found")
     notes: list[str] = []

@@ -7,6 +7,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from megatron_bliss.eval import contamination
 
@@ -108,3 +109,20 @@ def test_ngram_contamination_is_exact_on_word_13_grams():
     assert len(np.unique(contamination.ngram_hashes(source))) == 28
     row = {"question": "q", "choices": {"text": ["a", "b"]}, "gold": 1}
     assert contamination.document_text(row) == "q a b"
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty_dir"])
+def test_report_on_something_that_is_not_a_run_is_one_line(tmp_path, capsys, kind):
+    from megatron_bliss.cli import main
+
+    target = tmp_path / "runs"
+    if kind == "file":
+        target.write_text("x")
+    elif kind == "empty_dir":
+        target.mkdir()
+    assert main(["report", str(target), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = {"missing": "run directory not found", "file": "a file, not a run directory",
+                "empty_dir": "not a pipeline run directory"}  # fmt: skip
+    assert len(err.splitlines()) == 1 and str(target) in err and expected[kind] in err
+    assert not (tmp_path / "out").exists()
