@@ -8,6 +8,7 @@ at start with one line naming the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -98,8 +99,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})"
+            f"{where}: unknown key '{unknown[0]}' ({hint}known: {', '.join(sorted(names))})"
         )
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
     try:
@@ -164,7 +167,22 @@ def load_config(
     """Defaults of ``cls``, then the YAML file, then ``key=value`` overrides."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     data = merge(data, parse_overrides(overrides or []))
-    return from_dict(cls, data, where=str(path) if path else "config")
+    try:
+        return from_dict(cls, data, where=str(path) if path else "config")
+    except ConfigError as error:
+        raise naming_override(error, overrides) from None
+
+
+def naming_override(error: ConfigError, overrides: list[str] | None) -> ConfigError:
+    """``error`` with the command-line override it is about appended, if any: messages name the
+    YAML file, so without this a typo typed on the command line reads as if it were in the file."""
+    message = str(error)
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        named = any(f"unknown key '{part}'" in message for part in key.split("."))
+        if f".{key}:" in message or named:
+            return ConfigError(f"{message} (from the override '{item}')")
+    return error
 
 
 def dump_yaml(config: Any, path: str | Path) -> None:

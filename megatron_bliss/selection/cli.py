@@ -25,7 +25,13 @@ import numpy as np
 import torch
 import yaml
 
-from megatron_bliss.config import ConfigError, from_dict, load_config, parse_overrides
+from megatron_bliss.config import (
+    ConfigError,
+    from_dict,
+    load_config,
+    naming_override,
+    parse_overrides,
+)
 from megatron_bliss.selection.registry import SELECTORS, get_selector_class
 from megatron_bliss.utils.io import atomic_write_text
 
@@ -86,7 +92,10 @@ def validate_sections(config: SelectConfig, where: str) -> None:
 
 def load_select_config(path: str | Path | None, overrides: list[str] | None = None):
     config = load_config(SelectConfig, path, overrides)
-    validate_sections(config, str(path or "config"))
+    try:
+        validate_sections(config, str(path or "config"))
+    except ConfigError as error:
+        raise naming_override(error, overrides) from None
     return config
 
 

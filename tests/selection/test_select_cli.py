@@ -86,7 +86,9 @@ def test_select_rejects_unknown_config_key(tmp_path, tiny_shard, tokenizer_dir, 
          "--run-dir", str(tmp_path), "bliss.outer_stepz=3"]
     )  # fmt: skip
     assert code == 2
-    assert "outer_stepz" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "outer_stepz" in err and "did you mean 'outer_steps'?" in err
+    assert err.strip().endswith("(from the override 'bliss.outer_stepz=3')")
 
 
 def test_select_random_through_registry(tmp_path, tiny_shard):
