@@ -122,6 +122,7 @@ def save_checkpoint(
         torch.save(rng_state(), temporary)
     if rank == 0:
         atomic_write_json(folder / "meta.json", meta)
+        shutil.rmtree(checkpoint_dir / universal_tag(tag), ignore_errors=True)  # now stale
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"meta": meta})
     if dist.is_initialized():
         dist.barrier()
@@ -210,10 +211,16 @@ def convert_to_universal(checkpoint_dir: Path, tag: str, is_main: bool) -> str:
     target = checkpoint_dir / universal_tag(tag)
     failure = ""
     if is_main and not target.is_dir():
+        logger.info("converting %s to DeepSpeed's universal checkpoint", checkpoint_dir / tag)
         try:
             _run_ds_to_universal(checkpoint_dir / tag, target)
+        except FileNotFoundError as error:  # already one line naming the folder
+            failure = str(error)
         except Exception as error:  # reported on every rank below
-            failure = f"{checkpoint_dir / tag}: universal checkpoint conversion failed: {error}"
+            failure = (
+                f"{checkpoint_dir / tag}: universal checkpoint conversion failed: "
+                f"{type(error).__name__}: {error}"
+            )
     if dist.is_initialized() and dist.get_world_size() > 1:
         failures = [failure]
         dist.broadcast_object_list(failures, src=0)
@@ -291,9 +298,9 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer, step and this rank's RNG; returns the checkpoint's meta.
 
-    With ``universal`` (a universal tag: an elastic resume; the engine was built with ``load_universal``) the
-    weights and optimizer come from that converted folder, meta from ``tag``, and the RNG is not
-    restored (the caller re-seeds, see ``reseed_for_elastic_resume``).
+    With ``universal`` (the converted tag of an elastic resume; the engine was built with
+    ``load_universal``) weights and optimizer come from that folder, meta from ``tag``, and the
+    RNG is not restored (the caller re-seeds, see ``reseed_for_elastic_resume``).
     """
     meta = read_meta(checkpoint_dir, tag)
     load_tag = universal or tag

@@ -352,9 +352,10 @@ class TrainingStage:
         )
 
     def _find_resume_point(self) -> ckpt.ResumePoint | None:
-        """The checkpoint to resume from, or None for a fresh start;
-        checks the checkpoint fits this run (before the engine exists, which a universal load
-        must be configured for)."""
+        """The checkpoint to resume from (None: a fresh start), checked against this run.
+
+        Runs before the engine exists: an elastic resume needs an engine built for a universal
+        load. Stops with one line when the checkpoint cannot continue here."""
         source = self.config.checkpoint.load
         if source is None:
             if not self.config.checkpoint.resume or not (self.checkpoint_dir / "latest").exists():

@@ -126,3 +126,16 @@ def test_conversion_without_optimizer_states_stops_with_one_line(tmp_path):
     with pytest.raises(ValueError, match="no optimizer states"):
         ckpt.convert_to_universal(tmp_path, "global_step2", is_main=True)
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["global_step2"]
+
+
+def test_saving_a_tag_again_drops_its_stale_universal_copy(tmp_path):
+    """A run restarted from scratch in the same folder must not reuse an old step's conversion."""
+
+    class ShardWriter:  # stands in for the DeepSpeed engine: writes one shard file
+        def save_checkpoint(self, path, tag, client_state):
+            (Path(path) / tag / "mp_rank_00_model_states.pt").write_bytes(b"shard")
+
+    (tmp_path / "global_step2_universal").mkdir()
+    ckpt.save_checkpoint(ShardWriter(), tmp_path, 2, {"step": 2}, rank=0, keep_last=2)
+    assert not (tmp_path / "global_step2_universal").exists()
+    assert (tmp_path / "global_step2" / "meta.json").exists()
