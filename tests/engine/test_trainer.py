@@ -116,3 +116,21 @@ def test_missing_shard_stops_before_tokenizer_and_model(make_config, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match=r"c4_text_document\.bin: indexed dataset"):
         pretrain(config)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gpu_configs_fused_adamw_trains_like_the_default(make_config, stage):
+    """The GPU ds_configs ask DeepSpeed for torch's fused AdamW; it must reach the optimizer
+    under ZeRO and step exactly like the unfused one (checked here on CPU)."""
+    from megatron_bliss.utils.paths import REPO_ROOT
+
+    steps = {"deepspeed.zero_stage": stage, "train.train_steps": 3}
+    default = pretrain(make_config(f"default{stage}", **steps))
+    fused_config = make_config(f"fused{stage}", **steps)
+    gpu_json = json.loads((REPO_ROOT / "ds_configs" / "pythia_1b.json").read_text())
+    fused_config.deepspeed.overrides = {"optimizer": gpu_json["optimizer"]}
+    seen = {}
+    hooks = Hooks(on_engine_final=lambda engine: seen.update(engine.optimizer.optimizer.defaults))
+    fused = pretrain(fused_config, hooks)
+    assert seen["fused"] is True
+    np.testing.assert_allclose(fused["losses"], default["losses"], rtol=1e-6)
