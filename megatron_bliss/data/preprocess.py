@@ -135,7 +135,7 @@ def _parse_line(line: str) -> dict | str:
         return f"malformed JSON ({message})"
 
 
-def _batch_records(batch: Batch, keys: list[str]) -> Iterator[tuple[int, list[str] | str]]:
+def batch_records(batch: Batch, keys: list[str]) -> Iterator[tuple[int, list[str] | str]]:
     """(line number, texts or error) for every non-blank record of a batch."""
     if batch.lines is not None:
         for offset, line in enumerate(batch.lines):
@@ -155,7 +155,7 @@ def encode_batch(batch: Batch) -> BatchResult:
     texts: dict[str, list[str]] = {key: [] for key in setup.keys}
     empty = dict.fromkeys(setup.keys, 0)
     bad = records = 0
-    for line_number, record in _batch_records(batch, setup.keys):
+    for line_number, record in batch_records(batch, setup.keys):
         records += 1
         if isinstance(record, str):
             if not setup.skip_bad_lines:
