@@ -159,6 +159,8 @@ class LoggingConfig:
     peak_flops: float | None = None
     """Device peak FLOP/s for MFU; default: a table for known GPUs, cpu_peak_flops on CPU."""
     cpu_peak_flops: float = 1.0e11
+    profile_steps: list[int] = field(default_factory=list)
+    """``[first, last]``: torch.profiler trace of these steps into RUN_DIR/profile/ (empty: off)."""
 
 
 @dataclass
@@ -242,6 +244,11 @@ def validate_static(config: PretrainConfig, where: str = "config") -> None:
         )
     if config.data.seq_length < 1:
         raise ConfigError(f"{where}: data.seq_length must be >= 1")
+    window = config.logging.profile_steps
+    if window and (len(window) != 2 or not 1 <= window[0] <= window[1]):
+        raise ConfigError(
+            f"{where}: logging.profile_steps={window} must be [first, last] with 1 <= first <= last"
+        )
     context = config.model.max_positions or PRESETS[config.model.preset].max_positions
     if config.data.seq_length > context:
         raise ConfigError(

@@ -58,6 +58,7 @@ from megatron_bliss.engine.metrics import (
     truncate_metrics,
 )
 from megatron_bliss.engine.optimizer_state import require_subset_layers, save_adam_state
+from megatron_bliss.engine.profiling import StepProfiler
 from megatron_bliss.engine.schedules import learning_rate
 from megatron_bliss.utils.io import atomic_write_json
 
@@ -176,6 +177,9 @@ class TrainingStage:
         self.device = context.device
         self.engine = None
         self.sink = MetricSink(Path("."), enabled=False, tensorboard=False)
+        self.profiler = StepProfiler(
+            config.logging.profile_steps, Path(config.run_dir), context.rank, self.device.type
+        )
         self.accumulation = gradient_accumulation(config, context.world_size)
         self.run_dir = Path(config.run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -438,9 +442,11 @@ class TrainingStage:
             while self.step < train.train_steps:
                 started = time.perf_counter()
                 lr = self._set_learning_rate()
+                self.profiler.before_step(self.step + 1)
                 loss = self._train_step()
                 elapsed = self._synchronized_time(started)
                 self.step += 1
+                self.profiler.after_step(self.step)
                 self.consumed_samples += train.global_batch_size
                 losses.append(loss)
                 metrics = self._step_metrics(loss, lr, elapsed, tokens_per_step)
@@ -639,7 +645,8 @@ class TrainingStage:
         return summary
 
     def close(self) -> None:
-        """Release the engine (ZeRO-3 hooks, optimizer state) and the metric sinks."""
+        """Release the engine (ZeRO-3 hooks, optimizer state), the profiler and the metric sinks."""
+        self.profiler.close()
         self.sink.close()
         if self.engine is not None:
             self.engine.destroy()
