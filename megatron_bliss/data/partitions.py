@@ -79,10 +79,14 @@ def process_in_partitions(context: RunContext, paths: list[Path]) -> dict:
             )
         results.append(result)
         next_document = result["next_document"]
-    documents = sum(count[0] for result in results for count in result["counts"].values())
-    if documents == 0:
+    counts = {
+        name: [sum(r["counts"][name][0] for r in results), 0] for name in results[0]["counts"]
+    }
+    try:
+        check_has_documents(paths, counts, options.shards)
+    except ValueError:
         shutil.rmtree(parts_dir)
-    check_has_documents(paths, documents)
+        raise
     merged = _merge_parts(context, results, all_inputs)
     shutil.rmtree(parts_dir)
     return merged

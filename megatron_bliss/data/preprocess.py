@@ -352,7 +352,8 @@ def process_files(
                 result.num_bytes,
             )
         if first_document is None:  # a part of a partitioned run may be empty; the whole may not
-            check_has_documents(paths, sum(count[0] for count in writers.counts.values()))
+            counts = {f"{key}/{k}": count for (key, k), count in writers.counts.items()}
+            check_has_documents(paths, counts, options.shards)
         writers.commit()
     except BaseException:
         writers.discard()
@@ -369,11 +370,20 @@ def process_files(
     }
 
 
-def check_has_documents(paths: list[Path], documents: int) -> None:
-    """An empty dataset is never what a user meant: stop instead of writing one."""
-    if documents == 0:
-        named = str(paths[0]) + (f" (and {len(paths) - 1} more)" if len(paths) > 1 else "")
-        raise ValueError(f"{named}: no documents (the input is empty or every text is empty)")
+def check_has_documents(paths: list[Path], counts: dict, shards: int = 1) -> None:
+    """An empty dataset (or shard) is never what a user meant: stop instead of writing one.
+    ``counts`` maps each output ``"key/shard"`` to its ``[documents, tokens]``."""
+    named = str(paths[0]) + (f" (and {len(paths) - 1} more)" if len(paths) > 1 else "")
+    per_key: dict[str, list[int]] = {}
+    for name, count in counts.items():
+        per_key.setdefault(name.split("/")[0], []).append(count[0])
+    for key, documents in per_key.items():
+        if sum(documents) == 0:
+            raise ValueError(
+                f"{named}: no documents in '{key}' (the input is empty or every text is empty)"
+            )
+        if min(documents) == 0:
+            raise ValueError(f"{named}: {sum(documents)} document(s) cannot fill {shards} shards")
 
 
 def manifest_for(context: RunContext, inputs: list[dict], result: dict, name: str) -> dict:

@@ -34,12 +34,22 @@ def _key_of(prefix: str) -> str:
     return match.group(1) if match else "text"
 
 
+def check_fills_shards(source: str, documents: int, num_shards: int) -> None:
+    """Every shard needs a document: an empty shard makes its selection round fail much later."""
+    if documents < num_shards:
+        raise ValueError(
+            f"{source}: {documents} document(s) cannot fill {num_shards} shards "
+            "(lower --num-shards)"
+        )
+
+
 def split_indexed(data_prefix: str, num_shards: int, output_prefix: str) -> list[str]:
     """Deal the documents of a finished dataset round-robin into ``num_shards`` datasets."""
     if num_shards < 1:
         raise ValueError(f"--num-shards must be at least 1, got {num_shards}")
     source = SequencePool(data_prefix, 1)  # validated, contiguous view of the tokens
     lengths = source.document_lengths
+    check_fills_shards(data_prefix, len(lengths), num_shards)
     ends = np.cumsum(lengths)
     starts = ends - lengths
     key = _key_of(data_prefix)
@@ -94,6 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_prefix and args.input:
+        raise ValueError(
+            "make-shards takes --input (a corpus) or --data-prefix (a dataset), not both"
+        )
     if args.data_prefix:
         split_indexed(args.data_prefix, args.num_shards, args.output_prefix)
         return 0

@@ -178,6 +178,10 @@ def _load(spec: TokenizerSpec):
 def load_tokenizer(spec: str | TokenizerSpec):
     """A Hugging Face tokenizer for ``spec``; any failure becomes one line naming the spec."""
     spec = TokenizerSpec(name=str(spec)) if not isinstance(spec, TokenizerSpec) else spec
+    if not spec.name and spec.tokenizer_type != "GPT2BPETokenizer":
+        raise ValueError(
+            "no tokenizer given (--tokenizer, or --tokenizer-model with --tokenizer-type)"
+        )
     try:
         return _load(spec)
     except (FileNotFoundError, ValueError) as error:

@@ -108,3 +108,24 @@ def test_megatron_fixture_readable_by_pool(shared_data):
     pool = SequencePool(str(prefix), 64)
     assert len(pool) > 0 and pool[0].shape == (65,)
     assert pool.max_token_id() < 60000
+
+
+def test_more_shards_than_documents_stops_and_writes_nothing(tmp_path, tokenizer_dir, capsys):
+    prefix = build_shard(tmp_path / "two_text_document", [[1, 2, 3], [4, 5]])
+    with pytest.raises(ValueError, match=r"two_text_document: 2 document\(s\) cannot fill 3"):
+        split_indexed(prefix, 3, str(tmp_path / "out" / "s"))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    source = write_jsonl(tmp_path / "two.jsonl", ["one doc", "another doc"])
+    for partitions in ("1", "2"):
+        code = main(["make-shards", "--input", str(source), str(source), "--num-shards", "3",
+                     "--tokenizer", str(tokenizer_dir), "--output-prefix", str(tmp_path / "p" / "s"),
+                     "--partitions", partitions, "--no-progress"])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "2 document(s) cannot fill 3 shards" in err, err
+        assert not list((tmp_path / "p").iterdir())
+
+
+def test_make_shards_input_and_data_prefix_together_is_refused(tmp_path, capsys):
+    code = main(["make-shards", "--input", "a.jsonl", "--data-prefix", "b_text_document",
+                 "--num-shards", "2", "--output-prefix", str(tmp_path / "s")])  # fmt: skip
+    assert code == 2 and "not both" in capsys.readouterr().err

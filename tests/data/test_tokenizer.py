@@ -135,3 +135,15 @@ def test_missing_tokenizer_file_is_named_not_fetched(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"nothere\.json: tokenizer not found"):
         load_tokenizer(str(tmp_path / "nothere.json"))
+
+
+def test_no_tokenizer_given_is_one_plain_line(tmp_path, capsys):
+    from megatron_bliss.cli import main
+
+    source = tmp_path / "c.jsonl"
+    source.write_text('{"text": "a"}\n')
+    code = main(["preprocess", "--input", str(source), "--output-prefix", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith(
+        "error: no tokenizer given (--tokenizer, or --tokenizer-model with --tokenizer-type)"
+    )
