@@ -13,6 +13,7 @@ import os
 import struct
 import warnings
 from array import array
+from pathlib import Path
 
 import numpy as np
 
@@ -93,3 +94,14 @@ def remove_outputs(prefix: str) -> None:
     for suffix in (".bin", ".idx"):
         if os.path.exists(prefix + suffix):
             os.remove(prefix + suffix)
+
+
+def make_output_parent(prefix: str) -> None:
+    """Create the folder an output prefix lives in; a path through a file is one clear line."""
+    parent = Path(prefix).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(
+            f"{prefix}: cannot create output folder {parent} (a file is in the way)"
+        ) from None

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_bliss.data.indexed import CompactIndexedDatasetBuilder, commit_outputs, remove_outputs
+from megatron_bliss.data.indexed import (
+    CompactIndexedDatasetBuilder,
+    commit_outputs,
+    make_output_parent,
+    remove_outputs,
+)
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -28,6 +33,28 @@ def _dtype_of(prefix: str) -> np.dtype:
         if not os.path.exists(prefix + suffix):
             raise FileNotFoundError(f"{prefix}{suffix}: indexed dataset file not found")
     return np.dtype(_IndexReader(prefix + ".idx", multimodal=False).dtype)
+
+
+def check_same_tokenizer(prefixes: list[str]) -> None:
+    """Token ids of different tokenizers mean different things: never concatenate them. Checked
+    on the manifests' ``tokenizer_hash`` (datasets without a manifest cannot be checked)."""
+    seen: dict[str, str] = {}
+    for prefix in prefixes:
+        path = Path(prefix + ".json")
+        if not path.exists():
+            continue
+        try:
+            digest = json.loads(path.read_text()).get("tokenizer_hash")
+        except (ValueError, AttributeError):
+            raise ValueError(f"{path}: unreadable manifest (expected a JSON object)") from None
+        if digest and seen and digest not in seen:
+            first_prefix, first_digest = next(iter(seen.items()))[::-1]
+            raise ValueError(
+                f"{prefix}: made with another tokenizer than {first_prefix} "
+                f"(tokenizer_hash {digest[:12]} vs {first_digest[:12]}); refusing to merge"
+            )
+        if digest:
+            seen.setdefault(digest, prefix)
 
 
 def combine_manifests(prefixes: list[str]) -> dict | None:
@@ -52,7 +79,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str, manifest: dict | Non
         raise ValueError("merge: no input datasets")
     dtypes = {prefix: _dtype_of(prefix) for prefix in prefixes}
     dtype = dtypes[prefixes[0]]
-    Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
+    check_same_tokenizer(prefixes)
+    make_output_parent(output_prefix)
     temporary = f"{output_prefix}.tmp{os.getpid()}"
     builder = CompactIndexedDatasetBuilder(temporary + ".bin", dtype=dtype)
     try:

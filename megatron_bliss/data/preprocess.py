@@ -25,7 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_bliss.data.indexed import CompactIndexedDatasetBuilder, commit_outputs, remove_outputs
+from megatron_bliss.data.indexed import (
+    CompactIndexedDatasetBuilder,
+    commit_outputs,
+    make_output_parent,
+    remove_outputs,
+)
 from megatron_bliss.data.readers import Batch, expand_inputs, iter_batches
 from megatron_bliss.data.tokenizer import (
     DocumentEncoder,
@@ -215,7 +220,7 @@ class ShardWriters:
             for k in range(shards)
         }
         self.temporary = {name: f"{path}.tmp{os.getpid()}" for name, path in self.final.items()}
-        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        make_output_parent(prefix)
         self.builders = {
             name: CompactIndexedDatasetBuilder(path + ".bin", dtype=dtype)
             for name, path in self.temporary.items()
@@ -422,6 +427,7 @@ def run_preprocess(options: PreprocessOptions) -> dict:
     paths = expand_inputs(options.inputs)
     if options.workers < 1 or options.shards < 1 or options.partitions < 1:
         raise ValueError("--workers, --shards and --partitions must be at least 1")
+    make_output_parent(options.output_prefix)  # before any work: a bad prefix fails at once
     context = make_context(options)
     logger.info(
         "preprocess: %d input file(s), tokenizer %s (%d tokens, %s), eod %s, %d worker(s)",

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_bliss.data.indexed import CompactIndexedDatasetBuilder, commit_outputs, remove_outputs
+from megatron_bliss.data.indexed import (
+    CompactIndexedDatasetBuilder,
+    commit_outputs,
+    make_output_parent,
+    remove_outputs,
+)
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.utils.io import atomic_write_json
 
@@ -55,7 +60,7 @@ def split_indexed(data_prefix: str, num_shards: int, output_prefix: str) -> list
     key = _key_of(data_prefix)
     finals = [f"{output_prefix}_shard{k}_{key}_document" for k in range(num_shards)]
     temporaries = [f"{final}.tmp{os.getpid()}" for final in finals]
-    Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
+    make_output_parent(output_prefix)
     builders = [CompactIndexedDatasetBuilder(t + ".bin", dtype=source.dtype) for t in temporaries]
     try:
         for k, builder in enumerate(builders):

@@ -136,6 +136,12 @@ def test_input_without_documents_stops_and_writes_nothing(tmp_path, tokenizer_di
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_output_prefix_through_a_file_stops_before_tokenising(tmp_path, docs, tokenizer_dir):
+    source = write_jsonl(tmp_path / "c.jsonl", docs)
+    with pytest.raises(ValueError, match=r"c\.jsonl/x: cannot create output folder"):
+        preprocess(source, source / "x", tokenizer_dir)
+
+
 def test_an_empty_file_among_others_is_fine(tmp_path, docs, tokenizer, tokenizer_dir):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text("")

@@ -129,3 +129,24 @@ def test_make_shards_input_and_data_prefix_together_is_refused(tmp_path, capsys)
     code = main(["make-shards", "--input", "a.jsonl", "--data-prefix", "b_text_document",
                  "--num-shards", "2", "--output-prefix", str(tmp_path / "s")])  # fmt: skip
     assert code == 2 and "not both" in capsys.readouterr().err
+
+
+def test_merge_refuses_datasets_of_different_tokenizers(tmp_path):
+    prefixes = []
+    for name, digest in (("a", "1" * 64), ("b", "1" * 64), ("c", "2" * 64)):
+        prefix = build_shard(tmp_path / f"{name}_text_document", [[1, 2], [3]])
+        Path(prefix + ".json").write_text(json.dumps({"tokenizer_hash": digest, "documents": 2}))
+        prefixes.append(prefix)
+    merge_datasets(prefixes[:2], str(tmp_path / "same"))  # one tokenizer: fine
+    with pytest.raises(ValueError, match=r"c_text_document: made with another tokenizer than"):
+        merge_datasets(prefixes, str(tmp_path / "mixed"))
+    assert not list(tmp_path.glob("mixed*"))
+
+
+def test_output_prefix_through_a_file_is_one_line(tmp_path):
+    prefix = build_shard(tmp_path / "a_text_document", [[1, 2], [3]])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(
+        ValueError, match=r"file/s: cannot create output folder .*a file is in the way"
+    ):
+        split_indexed(prefix, 1, str(tmp_path / "file" / "s"))
