@@ -8,6 +8,7 @@ sequence ``i`` holds tokens ``[i*L, (i+1)*L + 1)`` of the shard's documents conc
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 def _open_indexed(prefix: str):
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    logging.getLogger("megatron.core").setLevel(logging.WARNING)  # per-open INFO chatter
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     for suffix in (".bin", ".idx"):

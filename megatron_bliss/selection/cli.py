@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,31 @@ def load_tokenizer(name_or_path: str | Path):
     return tokenizer
 
 
+def check_tokenizer_fits(pool, tokenizer) -> None:
+    """The target set must be tokenised like the shard. Ids beyond the tokenizer are certainly
+    another tokenizer (an error); a manifest hash that differs probably is (a warning: the same
+    tokenizer loaded from a directory or a JSON file can hash differently)."""
+    from megatron_bliss.data.tokenizer import tokenizer_hash
+
+    top = pool.max_token_id()
+    if top >= len(tokenizer):
+        raise ValueError(
+            f"{pool.prefix}: holds token id {top} but the tokenizer has only {len(tokenizer)} "
+            "tokens (the shard was made with another tokenizer; pass that one as --tokenizer)"
+        )
+    manifest = Path(pool.prefix + ".json")
+    try:
+        recorded = json.loads(manifest.read_text()).get("tokenizer_hash")
+    except (OSError, ValueError, AttributeError):
+        return
+    if recorded and recorded != tokenizer_hash(tokenizer):
+        logger.warning(
+            "%s: made with tokenizer %s, which differs from the one given here",
+            manifest,
+            json.loads(manifest.read_text()).get("tokenizer", recorded[:12]),
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     from megatron_bliss.selection.scoring import default_device
 
@@ -186,6 +212,8 @@ def run_selection(
     )
     if tokenizer is None and target_has_tokenizer:
         tokenizer = load_tokenizer(target_model)
+    if tokenizer is not None:
+        check_tokenizer_fits(pool, tokenizer)
     target_set = None
     if target_data is not None:
         if tokenizer is None:

@@ -121,5 +121,22 @@ def test_select_bad_input_is_one_line_before_any_work(
          "--tokenizer", str(tokenizer_dir), "--run-dir", str(tmp_path / "run"), *target, *extra]
     )  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and message in err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_select_refuses_a_tokenizer_that_cannot_have_made_the_shard(
+    tmp_path, tokenizer_dir, corpus_jsonl, capsys
+):
+    from tests.conftest import build_shard
+
+    shard = build_shard(tmp_path / "big_vocab_text_document", [list(range(400, 700))] * 4)
+    code = main(
+        ["select", "--method", "random", "--config", CONFIG, "--data-prefix", shard,
+         "--tokenizer", str(tokenizer_dir), "--target-data", str(corpus_jsonl),
+         "--run-dir", str(tmp_path / "run"), "seq_length=32"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "holds token id 699 but the tokenizer has only 512 tokens" in err
     assert not (tmp_path / "run").exists()
