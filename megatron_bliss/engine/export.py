@@ -58,6 +58,16 @@ def load_model(path: str | Path) -> torch.nn.Module:
     return model
 
 
+def checkpoint_tokenizer(checkpoint: str | Path) -> str | None:
+    """The tokenizer a DeepSpeed checkpoint's run used (its copy in the run directory, else the
+    one named in the checkpoint's metadata), or None when it cannot be told."""
+    try:
+        checkpoint_dir, tag = resolve_checkpoint(checkpoint)
+        return _tokenizer_source(read_meta(checkpoint_dir, tag), checkpoint_dir, None)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def _tokenizer_source(meta: dict, checkpoint_dir: Path, tokenizer: str | None) -> str | None:
     if tokenizer:
         return tokenizer

@@ -111,6 +111,20 @@ def load_tokenizer(name_or_path: str | Path):
     return tokenizer
 
 
+def tokenizer_of_target(target_model: Path):
+    """The tokenizer saved with a --target-model: in a Hugging Face directory, or the run's copy
+    for a DeepSpeed checkpoint; None when there is none."""
+    if any((target_model / name).exists() for name in TOKENIZER_FILES):
+        return load_tokenizer(target_model)
+    from megatron_bliss.engine.export import checkpoint_tokenizer
+
+    source = checkpoint_tokenizer(target_model)
+    if source is None:
+        return None
+    logger.info("tokenizer: %s (the --target-model checkpoint's run)", source)
+    return load_tokenizer(source)
+
+
 def check_tokenizer_fits(pool, tokenizer) -> None:
     """The target set must be tokenised like the shard. Ids beyond the tokenizer are certainly
     another tokenizer (an error); a manifest hash that differs probably is (a warning: the same
@@ -207,11 +221,8 @@ def run_selection(
     device = resolve_device(config.device)
     if isinstance(tokenizer, str | Path):
         tokenizer = load_tokenizer(tokenizer)
-    target_has_tokenizer = isinstance(target_model, str | Path) and any(
-        (Path(target_model) / name).exists() for name in TOKENIZER_FILES
-    )
-    if tokenizer is None and target_has_tokenizer:
-        tokenizer = load_tokenizer(target_model)
+    if tokenizer is None and isinstance(target_model, str | Path):
+        tokenizer = tokenizer_of_target(Path(target_model))
     if tokenizer is not None:
         check_tokenizer_fits(pool, tokenizer)
     target_set = None
@@ -221,11 +232,11 @@ def run_selection(
         target_set = TargetSet.from_jsonl(
             target_data, tokenizer, target_format, config.target_max_length, config.target_limit
         )
-    run_dir = Path(run_dir)  # created only once the inputs have been checked
-    run_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(target_model, str | Path):
         target_model = load_target_model(target_model, device)
-    elif target_model is None and method not in NO_TARGET_MODEL:
+    run_dir = Path(run_dir)  # created only once the inputs have been checked
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if target_model is None and method not in NO_TARGET_MODEL:
         if tokenizer is None:
             raise ValueError("select without --target-model needs --tokenizer")
         target_model = stand_in_target(config, pool, tokenizer, run_dir, device)

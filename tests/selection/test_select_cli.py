@@ -140,3 +140,31 @@ def test_select_refuses_a_tokenizer_that_cannot_have_made_the_shard(
     err = capsys.readouterr().err.strip()
     assert code == 2 and "holds token id 699 but the tokenizer has only 512 tokens" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_tokenizer_comes_from_a_checkpoint_targets_run(tmp_path, tokenizer_dir):
+    import shutil
+
+    from megatron_bliss.selection.cli import tokenizer_of_target
+
+    step = tmp_path / "run" / "checkpoints" / "global_step2"
+    step.mkdir(parents=True)
+    (step / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (step / "meta.json").write_text("{}")
+    (step.parent / "latest").write_text("global_step2")
+    assert tokenizer_of_target(step.parent) is None  # no copy in the run yet
+    shutil.copytree(tokenizer_dir, tmp_path / "run" / "tokenizer")
+    for target in (step.parent, step):
+        assert len(tokenizer_of_target(target)) == 512
+
+
+def test_select_with_a_target_model_that_is_not_one_makes_no_run_dir(
+    tmp_path, tiny_shard, tokenizer_dir, capsys
+):
+    code = main(
+        ["select", "--method", "perplexity", "--config", CONFIG, "--data-prefix", tiny_shard,
+         "--tokenizer", str(tokenizer_dir), "--target-model", str(tmp_path),
+         "--run-dir", str(tmp_path / "run"), "seq_length=32"]
+    )  # fmt: skip
+    assert code == 2 and "not a DeepSpeed checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
