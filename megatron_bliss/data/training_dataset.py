@@ -43,15 +43,26 @@ def read_selection(path: str | Path, seq_length: int, num_sequences: int) -> np.
         raise FileNotFoundError(f"{path}: selection file not found")
     meta_path = path.with_suffix(".json")
     if meta_path.exists():
-        selected_length = json.loads(meta_path.read_text()).get("seq_length")
+        meta = json.loads(meta_path.read_text())
+        selected_length = meta.get("seq_length")
         if selected_length is not None and int(selected_length) != seq_length:
             raise ValueError(
                 f"{path}: selection was made with seq_length {selected_length}, "
                 f"but this run uses seq_length {seq_length}"
             )
+        pool_size = meta.get("num_sequences")
+        if pool_size is not None and int(pool_size) != num_sequences:
+            raise ValueError(
+                f"{path}: selection was made on a pool of {pool_size} sequences "
+                f"({meta.get('data_prefix')}), but this shard has {num_sequences}: another shard"
+            )
     else:
         logger.warning("%s: no selection.json beside it; seq_length not checked", path)
-    indices = np.asarray(np.load(path), dtype=np.int64).reshape(-1)
+    try:
+        indices = np.asarray(np.load(path), dtype=np.int64).reshape(-1)
+    except (ValueError, OSError, TypeError) as error:  # not an .npy of integers
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: not a selection .npy ({reason})") from None
     if len(indices) == 0:
         raise ValueError(f"{path}: selection is empty")
     if indices.min() < 0 or indices.max() >= num_sequences:

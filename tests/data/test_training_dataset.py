@@ -126,6 +126,25 @@ def test_selection_out_of_range(two_shards, tmp_path):
         TrainingDataset([DataSource(a, selection=selection)], seq_length=10, num_samples=4)
 
 
+def test_selection_of_another_shard_is_refused(two_shards, tmp_path):
+    """Made on shard b (49 sequences of 10), used on shard a (99): same seq_length, in range."""
+    a, b = two_shards
+    selection = write_selection(tmp_path / "selection.npy", [1, 2], 10)
+    meta = {"seq_length": 10, "num_sequences": len(SequencePool(b, 10)), "data_prefix": b}
+    (tmp_path / "selection.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"pool of 49 sequences .*this shard has 99"):
+        TrainingDataset([DataSource(a, selection=selection)], seq_length=10, num_samples=4)
+
+
+def test_selection_that_is_not_an_npy_is_one_line(two_shards, tmp_path):
+    a, _ = two_shards
+    (tmp_path / "selection.npy").write_text("1,2,3\n")
+    selection = str(tmp_path / "selection.npy")
+    with pytest.raises(ValueError, match=r"selection\.npy: not a selection \.npy") as error:
+        TrainingDataset([DataSource(a, selection=selection)], seq_length=10, num_samples=4)
+    assert "\n" not in str(error.value)
+
+
 def test_cache_round_trip(two_shards, tmp_path):
     a, b = two_shards
     sources = [DataSource(a), DataSource(b, 0.5)]
