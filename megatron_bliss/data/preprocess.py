@@ -118,6 +118,8 @@ def _init_worker(spec: TokenizerSpec, setup: EncodingSetup, in_subprocess: bool)
 
 def _record_texts(record, keys: list[str]) -> list[str] | str:
     """The texts of one parsed record, or a description of what is wrong with it."""
+    if isinstance(record, list):
+        return "expected a JSON object, got an array (inputs are JSON lines: one object per line)"
     if not isinstance(record, dict):
         return "expected a JSON object"
     texts = []
@@ -137,6 +139,8 @@ def _parse_line(line: str) -> dict | str:
         return json.loads(line)
     except ValueError as error:
         message = getattr(error, "msg", str(error))
+        if line.strip() in ("[", "{"):  # a pretty-printed JSON document, not JSON lines
+            message += "; inputs are JSON lines: one whole object per line"
         return f"malformed JSON ({message})"
 
 

@@ -95,6 +95,8 @@ BAD_INPUTS = {
     "malformed": ('{"text": "fine"}\n{"text": "broken\n', r"bad\.jsonl:2: malformed JSON"),
     "missing_key": ('{"text": "fine"}\n{"body": "x"}\n', r"bad\.jsonl:2: missing key 'text'"),
     "not_string": ('{"text": 3}\n', r"bad\.jsonl:1: key 'text' is not a string"),
+    "json_array": ('[{"text": "a"}]\n', r"bad\.jsonl:1: expected a JSON object, got an array"),
+    "pretty_printed": ('{\n  "text": "a"\n}\n', r"bad\.jsonl:1: malformed JSON .*one whole object"),
     "null_text": ('{"text": null}\n', r"bad\.jsonl:1: key 'text' is null"),
     "not_object": ("[1, 2]\n", r"bad\.jsonl:1: expected a JSON object"),
 }
