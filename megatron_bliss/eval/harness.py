@@ -31,6 +31,18 @@ logger = logging.getLogger(__name__)
 BOOTSTRAP_ITERS = 1000
 
 
+def not_a_model_reason(path: Path) -> str:
+    """Why ``path`` cannot be evaluated, with the command that fixes the common case."""
+    if not path.exists():
+        return "model directory not found"
+    if (path / "latest").is_file() or (path / "checkpoints" / "latest").is_file():
+        return (
+            "a DeepSpeed checkpoint, not a Hugging Face model directory; export it first: "
+            f"megatron-bliss export-hf --checkpoint {path} --output DIR"
+        )
+    return "not a Hugging Face model directory (no config.json)"
+
+
 def parse_task_list(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"a,b"`` or ``["a", "b"]`` -> known task names, in order, without duplicates."""
     names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
@@ -145,7 +157,7 @@ def evaluate_model(
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
+        raise FileNotFoundError(f"{model_dir}: {not_a_model_reason(model_dir)}")
     names = parse_task_list(tasks)
     if ppl_data is not None and PPL_TASK not in names:
         names.append(PPL_TASK)

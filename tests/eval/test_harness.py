@@ -209,3 +209,21 @@ def test_eval_rejects_unusable_limit_and_batch_size_before_loading(tmp_path, cap
         main(["eval", "--model", str(tmp_path), "--tasks", "piqa", flag, value])
     assert stop.value.code == 2
     assert f"argument {flag}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["missing", "checkpoint", "other"])
+def test_eval_on_something_that_is_not_a_model_says_what_it_is(tmp_path, capsys, kind):
+    from megatron_bliss.cli import main
+
+    model = tmp_path / "m"
+    if kind == "checkpoint":
+        (model / "checkpoints").mkdir(parents=True)
+        (model / "checkpoints" / "latest").write_text("global_step2")
+    elif kind == "other":
+        model.mkdir()
+    argv = ["eval", "--model", str(model), "--tasks", "piqa", "--output", str(tmp_path / "e.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    expected = {"missing": "model directory not found", "checkpoint": "export-hf --checkpoint",
+                "other": "no config.json"}  # fmt: skip
+    assert len(err.splitlines()) == 1 and expected[kind] in err
