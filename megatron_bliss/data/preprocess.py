@@ -130,8 +130,19 @@ def _record_texts(record, keys: list[str]) -> list[str] | str:
             return f"key '{key}' is null"
         if not isinstance(record[key], str):
             return f"key '{key}' is not a string"
+        if not record[key].isascii() and not _encodable(record[key]):
+            return f"key '{key}' holds an unpaired surrogate escape (not valid Unicode text)"
         texts.append(record[key])
     return texts
+
+
+def _encodable(text: str) -> bool:
+    """False for JSON ``\\ud800``-style lone surrogates, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_line(line: str) -> dict | str:

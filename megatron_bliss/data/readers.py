@@ -69,16 +69,26 @@ def expand_inputs(specs: list[str] | str) -> list[Path]:
     return found
 
 
-def _open_text(path: Path):
-    """Text lines of a JSON-lines file; ``utf-8-sig`` drops a leading byte-order mark."""
+def _open_binary(path: Path):
+    """Decompressed bytes of a JSON-lines file; lines are decoded one at a time, so an invalid
+    UTF-8 byte is reported on its own line."""
     name = path.name
     if name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="\n")
+        return gzip.open(path, "rb")
     if name.endswith(".zst"):
-        return io.TextIOWrapper(
-            io.BufferedReader(ZstdReader(path)), encoding="utf-8-sig", newline="\n"
-        )
-    return open(path, encoding="utf-8-sig", newline="\n")
+        return io.BufferedReader(ZstdReader(path))
+    return open(path, "rb")
+
+
+def _decode(raw: bytes, path: Path, line_number: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}:{line_number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte "
+            f"{error.start + 1} of the line)"
+        ) from None
+    return text[1:] if line_number == 1 and text.startswith("\ufeff") else text  # a BOM
 
 
 class ZstdReader(io.RawIOBase):
@@ -147,9 +157,10 @@ def iter_json_batches(path: Path, batch_lines: int, batch_bytes: int) -> Iterato
     lines: list[str] = []
     size = 0
     try:
-        with _open_text(path) as handle:
-            for line in handle:
+        with _open_binary(path) as handle:
+            for raw in handle:
                 line_number += 1
+                line = _decode(raw, path, line_number)
                 lines.append(line)
                 size += len(line)
                 if len(lines) >= batch_lines or size >= batch_bytes:

@@ -127,6 +127,25 @@ def test_bom_crlf_and_blank_lines_read_like_plain_lines(
     assert read_bytes(tmp_path / "b_text_document") == reference_bytes(tokenizer, docs, tmp_path)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_invalid_utf8_names_its_own_line(tmp_path, tokenizer_dir, suffix):
+    data = b'{"text": "fine"}\n' * 3 + b'{"text": "bad \xff byte"}\n' + b'{"text": "x"}\n' * 3
+    source = tmp_path / f"u{suffix}"
+    source.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    with pytest.raises(ValueError, match=rf"u{suffix}:4: not valid UTF-8 \(byte 0xff at byte 15"):
+        preprocess(source, tmp_path / "out" / "u", tokenizer_dir)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_lone_surrogate_escape_is_a_bad_line_not_a_crash(tmp_path, tokenizer, tokenizer_dir):
+    source = tmp_path / "s.jsonl"
+    source.write_text('{"text": "fine"}\n{"text": "a\\ud800b"}\n{"text": "caf\u00e9"}\n')
+    with pytest.raises(ValueError, match=r"s\.jsonl:2: key 'text' holds an unpaired surrogate"):
+        preprocess(source, tmp_path / "s", tokenizer_dir, workers=2)
+    result = preprocess(source, tmp_path / "k", tokenizer_dir, skip_bad_lines=True)
+    assert result["bad_lines"] == 1 and len(documents_of(tmp_path / "k_text_document")) == 2
+
+
 @pytest.mark.parametrize("partitions", [1, 2])
 def test_input_without_documents_stops_and_writes_nothing(tmp_path, tokenizer_dir, partitions):
     (tmp_path / "in").mkdir()
