@@ -60,6 +60,10 @@ def _field(row, name: str, fmt: str, where: str) -> str:
         raise ValueError(f"{where}: missing field '{name}' (--target-format {fmt} reads {wanted})")
     if not isinstance(row[name], str):
         raise ValueError(f"{where}: field '{name}' is {json_type(row[name])}, not a string")
+    try:
+        row[name].encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: field '{name}' holds an unpaired surrogate escape") from None
     return row[name]
 
 

@@ -42,6 +42,7 @@ BAD_ROWS = {
                    r"t\.jsonl:1: missing field 'prompt' \(--target-format prompt_continuation"),
     "no_text": ({"prompt": "a", "continuation": "b"}, "last_word",
                 r"t\.jsonl:1: missing field 'text' \(--target-format last_word reads 'text'\)"),
+    "surrogate": ({"text": "a \ud800 b"}, "documents", r"t\.jsonl:1: field 'text' holds an unpaired surrogate"),
     "not_object": ("just a string with text in it", "documents", r"t\.jsonl:1: expected a JSON object"),
 }  # fmt: skip
 
