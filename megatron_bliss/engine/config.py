@@ -218,6 +218,7 @@ _CHOICES = {
 def validate_static(config: PretrainConfig, where: str = "config") -> None:
     """Checks that need neither the world size nor the device."""
     from megatron_bliss.models.presets import PRESETS
+    from megatron_bliss.utils.dirs import check_dir_creatable
 
     values = {
         "train.precision": config.train.precision,
@@ -244,6 +245,10 @@ def validate_static(config: PretrainConfig, where: str = "config") -> None:
         )
     if config.data.seq_length < 1:
         raise ConfigError(f"{where}: data.seq_length must be >= 1")
+    try:
+        check_dir_creatable(config.run_dir, "run_dir")
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
     window = config.logging.profile_steps
     if window and (len(window) != 2 or not 1 <= window[0] <= window[1]):
         raise ConfigError(

@@ -23,6 +23,7 @@ from megatron_bliss.eval.task_specs import (
     hub_offline,
     write_local_task_dir,
 )
+from megatron_bliss.utils.dirs import check_dir_creatable
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ def evaluate_model(
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: {not_a_model_reason(model_dir)}")
     names = parse_task_list(tasks)
+    if output:  # before the (slow) evaluation
+        check_dir_creatable(Path(output).parent, "--output folder")
     if ppl_data is not None and PPL_TASK not in names:
         names.append(PPL_TASK)
     with tempfile.TemporaryDirectory(prefix="megatron_bliss_tasks_") as include_dir:

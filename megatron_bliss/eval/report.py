@@ -35,6 +35,7 @@ from megatron_bliss.eval.report_plots import (
 )
 from megatron_bliss.eval.run_data import RoundData, RunData, load_run
 from megatron_bliss.eval.task_specs import LOCAL_TASKS, headline_metric
+from megatron_bliss.utils.dirs import check_dir_creatable
 from megatron_bliss.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -424,6 +425,7 @@ def write_report(
     if len(set(names)) != len(names):
         raise ValueError(f"run directories must have distinct names, got {', '.join(names)}")
     output_dir = Path(output) if output else default_output_dir([run.path for run in runs])
+    check_dir_creatable(output_dir / "plots", "--output folder")
     plots = output_dir / "plots"
     tasks = common_tasks(runs)
     reader = PoolReader()

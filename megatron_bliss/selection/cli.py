@@ -34,6 +34,7 @@ from megatron_bliss.config import (
     parse_overrides,
 )
 from megatron_bliss.selection.registry import SELECTORS, get_selector_class
+from megatron_bliss.utils.dirs import check_dir_creatable, ensure_dir
 from megatron_bliss.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,7 @@ def run_selection(
     config = dataclasses.replace(config, **{k: v for k, v in cli_values.items() if v is not None})
     selector_config = method_config(config, method)
     check_selection_settings(config.fraction, config.gumbel_temperature)
+    check_dir_creatable(run_dir, "--run-dir")
     pool = SequencePool(data_prefix, config.seq_length).require_sequences()
     device = resolve_device(config.device)
     if isinstance(tokenizer, str | Path):
@@ -235,7 +237,7 @@ def run_selection(
     if isinstance(target_model, str | Path):
         target_model = load_target_model(target_model, device)
     run_dir = Path(run_dir)  # created only once the inputs have been checked
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(run_dir, "--run-dir")
     if target_model is None and method not in NO_TARGET_MODEL:
         if tokenizer is None:
             raise ValueError("select without --target-model needs --tokenizer")

@@ -31,6 +31,7 @@ import torch
 
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.selection import hypergrad as hg
+from megatron_bliss.utils.dirs import check_dir_creatable, ensure_dir
 from megatron_bliss.utils.io import atomic_save_npy, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ def score_shard(
     from megatron_bliss.selection.score_model import load_score_model, read_meta
 
     check_positive(seq_length=seq_length, batch_size=batch_size, chunk_size=chunk_size)
+    check_dir_creatable(_parts_dir(Path(out)), "--out folder")
     rank = hg.rank() if rank is None else rank
     world = hg.world_size() if world is None else world
     device = torch.device(device or default_device())
@@ -170,7 +172,7 @@ def score_shard(
     pool = SequencePool(data_prefix, seq_length).require_sequences()
     model = load_score_model(scorer, device)
     parts = _parts_dir(out)
-    parts.mkdir(parents=True, exist_ok=True)
+    ensure_dir(parts, "--out folder")
     run_meta = {
         "scorer": file_digest(scorer / "model.safetensors"),
         "data_prefix": str(data_prefix),

@@ -122,3 +122,12 @@ def test_megatron_eod_options_separate_documents():
     torch.testing.assert_close(packed[0, 4:], alone[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="eod_token_id"):
         make_batch(sample, BatchOptions(None, True), torch.device("cpu"), torch.float32)
+
+
+def test_run_dir_through_a_file_is_refused_at_load(tmp_path):
+    from megatron_bliss.config import ConfigError
+    from megatron_bliss.engine.config import load_pretrain_config
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"run_dir is under the file"):
+        load_pretrain_config(None, [f"run_dir={tmp_path / 'file' / 'run'}", "data.prefix=x"])

@@ -126,3 +126,12 @@ def test_report_on_something_that_is_not_a_run_is_one_line(tmp_path, capsys, kin
                 "empty_dir": "not a pipeline run directory"}  # fmt: skip
     assert len(err.splitlines()) == 1 and str(target) in err and expected[kind] in err
     assert not (tmp_path / "out").exists()
+
+
+def test_report_output_through_a_file_is_one_line(synthetic_runs, tmp_path, capsys):
+    from megatron_bliss.cli import main
+
+    (tmp_path / "file").write_text("x")
+    runs = [str(path) for path in synthetic_runs]
+    assert main(["report", *runs, "--output", str(tmp_path / "file")]) == 2
+    assert "--output folder is under the file" in capsys.readouterr().err

@@ -168,3 +168,17 @@ def test_select_with_a_target_model_that_is_not_one_makes_no_run_dir(
     )  # fmt: skip
     assert code == 2 and "not a DeepSpeed checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_outputs_through_a_file_are_one_line(tmp_path, tiny_shard, bliss_run, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    select = ["select", "--method", "random", "--config", CONFIG, "--data-prefix", tiny_shard,
+              "--run-dir", str(blocker), "seq_length=32"]  # fmt: skip
+    score = ["score", "--scorer", str(bliss_run / "score_model"), "--data-prefix", tiny_shard,
+             "--out", str(blocker / "scores.npy")]  # fmt: skip
+    for argv, message in ((select, "--run-dir is a file"), (score, "is under the file")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert blocker.read_text() == "x"
