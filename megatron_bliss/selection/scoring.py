@@ -142,6 +142,23 @@ def check_positive(**values: int | None) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
+def check_ids_fit_scorer(pool: SequencePool, scorer: Path) -> None:
+    """A shard tokenised for another vocabulary fails inside the embedding with an IndexError;
+    say which shard and scorer instead."""
+    from megatron_bliss.data.training_dataset import shard_max_token_id
+
+    try:
+        vocab_size = int(json.loads((scorer / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # load_score_model reports a broken scorer
+    largest = shard_max_token_id(pool)
+    if largest >= vocab_size:
+        raise ValueError(
+            f"{pool.prefix}: holds token id {largest}, beyond the {vocab_size}-token vocabulary "
+            f"of the scorer {scorer} (the shard was made with another tokenizer)"
+        )
+
+
 def score_shard(
     scorer: str | Path,
     data_prefix: str,
@@ -170,6 +187,7 @@ def score_shard(
     meta = read_meta(scorer)
     seq_length = int(meta["seq_length"] if seq_length is None else seq_length)
     pool = SequencePool(data_prefix, seq_length).require_sequences()
+    check_ids_fit_scorer(pool, scorer)
     model = load_score_model(scorer, device)
     parts = _parts_dir(out)
     ensure_dir(parts, "--out folder")

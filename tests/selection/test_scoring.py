@@ -153,3 +153,12 @@ def test_rule_rejects_unusable_settings(fraction, temperature):
     with pytest.raises(ValueError, match=r"fraction must be in|gumbel_temperature must be"):
         select_top_fraction(np.zeros(4), fraction, 0, temperature)
     np.testing.assert_array_equal(select_top_fraction(np.arange(4.0), 1.0), [0, 1, 2, 3])
+
+
+def test_shard_of_another_vocabulary_is_one_line_not_an_index_error(scorer_dir, tmp_path):
+    from tests.conftest import build_shard
+
+    shard = build_shard(tmp_path / "wide_text_document", [[5, 600, 7] * 40])
+    with pytest.raises(ValueError, match=r"wide_text_document: holds token id 600, beyond the 512"):
+        score_shard(scorer_dir, shard, tmp_path / "out" / "scores.npy")
+    assert not (tmp_path / "out").exists()
