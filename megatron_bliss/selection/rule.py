@@ -66,12 +66,14 @@ def write_selection(
     seed: int = 0,
     gumbel_temperature: float = 0.0,
     extra: dict[str, Any] | None = None,
+    scores_name: str = "scores.npy",
 ) -> np.ndarray:
-    """Write ``scores.npy``, ``selection.npy`` and ``selection.json`` into ``out_dir``."""
+    """Write ``scores.npy`` (or ``scores_name``), ``selection.npy`` and ``selection.json`` into
+    ``out_dir``."""
     out_dir = Path(out_dir)
     scores = np.asarray(scores, dtype=np.float32)
     selection = select_top_fraction(scores, fraction, seed, gumbel_temperature)
-    atomic_save_npy(out_dir / "scores.npy", scores)
+    atomic_save_npy(out_dir / scores_name, scores)
     atomic_save_npy(out_dir / "selection.npy", selection)
     meta = {
         "method": method,

@@ -306,8 +306,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.out).parent, scores, method=read_meta(args.scorer).get("method", "bliss"),
             fraction=args.fraction, data_prefix=args.data_prefix, seq_length=seq_length,
             seed=args.seed, gumbel_temperature=args.gumbel_temperature,
+            scores_name=Path(args.out).name,  # never a second scores.npy beside --out
         )  # fmt: skip
-        if Path(args.out).name != "scores.npy":
-            atomic_save_npy(Path(args.out), scores)
     logger.info("wrote %s (%d scores)", args.out, len(scores))
     return 0

@@ -182,3 +182,17 @@ def test_outputs_through_a_file_are_one_line(tmp_path, tiny_shard, bliss_run, ca
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert blocker.read_text() == "x"
+
+
+def test_score_out_with_another_name_writes_no_second_scores_file(bliss_run, tiny_shard, tmp_path):
+    out = tmp_path / "round2_scores.npy"
+    code = main(
+        ["score", "--scorer", str(bliss_run / "score_model"), "--data-prefix", tiny_shard,
+         "--out", str(out), "--fraction", "0.25", "--precision", "float32"]
+    )  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "round2_scores.npy", "selection.json", "selection.npy"
+    ]  # fmt: skip
+    selection = np.load(tmp_path / "selection.npy")
+    assert len(selection) == int(0.25 * len(np.load(out)))
