@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         limit = int(limit)
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     requested = parse_task_list(args.tasks)
+    if not requested and not args.ppl_data:
+        raise ValueError(f"--tasks names no task (known: {', '.join(KNOWN_TASKS)})")
     results = evaluate_model(
         args.model,
         requested,

@@ -200,6 +200,13 @@ def test_task_file_with_byte_order_mark_is_accepted(tmp_path):
     assert validate_jsonl(path, ("text",)) == 2
 
 
+def test_eval_with_no_task_named_says_so(tmp_path, capsys):
+    from megatron_bliss.cli import main
+
+    assert main(["eval", "--model", str(tmp_path), "--tasks", " , "]) == 2
+    assert "--tasks names no task (known: " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--limit", "0"), ("--limit", "-3"),
                                              ("--batch-size", "0"), ("--batch-size", "x")])  # fmt: skip
 def test_eval_rejects_unusable_limit_and_batch_size_before_loading(tmp_path, capsys, flag, value):
