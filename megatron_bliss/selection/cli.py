@@ -157,20 +157,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(default_device() if name == "auto" else name)
 
 
+def stand_in_settings(config: SelectConfig, pool, vocab: int) -> dict[str, Any]:
+    """What a saved stand-in target was made from; a rerun with other settings retrains it."""
+    return {
+        "preset": config.target_preset, "vocab": vocab, "seq_length": config.seq_length,
+        "steps": config.target_warmup_steps, "lr": config.target_warmup_lr,
+        "batch_size": config.target_warmup_batch_size, "seed": config.seed,
+        "data_prefix": str(pool.prefix), "num_sequences": len(pool),
+    }  # fmt: skip
+
+
 def stand_in_target(
     config: SelectConfig, pool, tokenizer, run_dir: Path, device
 ) -> torch.nn.Module:
-    """A short warm-up of ``target_preset`` on random pool sequences (reused when saved before)."""
+    """A short warm-up of ``target_preset`` on random pool sequences (reused when saved before
+    from the same settings; saved under a temporary name, so a killed save is never reused)."""
+    import shutil
+
     from transformers import AutoModelForCausalLM
 
     from megatron_bliss.models.presets import build_model, padded_vocab_size
     from megatron_bliss.selection.proxy import freeze, warmup_lm
 
     saved = run_dir / "target_warmup"
-    if (saved / "config.json").exists():
+    vocab = padded_vocab_size(max(len(tokenizer), pool.max_token_id() + 1))
+    settings = stand_in_settings(config, pool, vocab)
+    record = saved / "stand_in.json"
+    if record.exists() and json.loads(record.read_text()) == settings:
         logger.info("reusing the stand-in target in %s", saved)
         return freeze(AutoModelForCausalLM.from_pretrained(saved).to(device))
-    vocab = padded_vocab_size(max(len(tokenizer), pool.max_token_id() + 1))
+    if saved.exists():
+        logger.info("%s was made with other settings: warming up a new stand-in target", saved)
     torch.manual_seed(config.seed)
     model = build_model(config.target_preset, vocab, config.seq_length + 1)
     warmup_lm(
@@ -180,7 +197,12 @@ def stand_in_target(
     from megatron_bliss.selection.hypergrad import rank
 
     if rank() == 0:
-        model.save_pretrained(saved)
+        staging = run_dir / ".target_warmup.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        atomic_write_text(staging / "stand_in.json", json.dumps(settings, indent=2))
+        shutil.rmtree(saved, ignore_errors=True)
+        staging.rename(saved)
     return freeze(model)
 
 

@@ -196,3 +196,18 @@ def test_score_out_with_another_name_writes_no_second_scores_file(bliss_run, tin
     ]  # fmt: skip
     selection = np.load(tmp_path / "selection.npy")
     assert len(selection) == int(0.25 * len(np.load(out)))
+
+
+def test_stand_in_target_is_reused_only_for_the_same_settings(tmp_path, tiny_shard, tokenizer_dir):
+    run_dir = tmp_path / "run"
+    record = run_dir / "target_warmup" / "stand_in.json"
+    base = ["select", "--method", "perplexity", "--config", CONFIG, "--data-prefix", tiny_shard,
+            "--tokenizer", str(tokenizer_dir), "--run-dir", str(run_dir), "seq_length=32",
+            "target_preset=pythia-tiny", "target_warmup_batch_size=2"]  # fmt: skip
+    assert main([*base, "target_warmup_steps=1"]) == 0
+    first = record.stat().st_mtime_ns
+    assert main([*base, "target_warmup_steps=1"]) == 0
+    assert record.stat().st_mtime_ns == first  # same settings: reused
+    assert main([*base, "target_warmup_steps=2"]) == 0
+    assert json.loads(record.read_text())["steps"] == 2  # other settings: warmed up again
+    assert not (run_dir / ".target_warmup.tmp").exists()
