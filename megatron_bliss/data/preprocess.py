@@ -440,8 +440,8 @@ def write_manifests(context: RunContext, inputs: list[dict], result: dict) -> No
 def run_preprocess(options: PreprocessOptions) -> dict:
     """The whole command: expand inputs, tokenise (optionally in restartable parts), summarise."""
     paths = expand_inputs(options.inputs)
-    if options.workers < 1 or options.shards < 1 or options.partitions < 1:
-        raise ValueError("--workers, --shards and --partitions must be at least 1")
+    if min(options.workers, options.shards, options.partitions, options.batch_lines) < 1:
+        raise ValueError("--workers, --shards, --partitions and --batch-size must be at least 1")
     make_output_parent(options.output_prefix)  # before any work: a bad prefix fails at once
     context = make_context(options)
     logger.info(

@@ -268,3 +268,10 @@ def test_real_c4_with_pythia_tokenizer(shared_data, tmp_path):
     for text, document in zip(texts, read_back):
         assert list(document) == tokenizer.encode(text) + [0]
     assert np.asarray(read_back[0]).dtype == np.uint16
+
+
+@pytest.mark.parametrize("setting", ["workers", "shards", "partitions", "batch_lines"])
+def test_counts_below_one_are_refused(tmp_path, docs, tokenizer_dir, setting):
+    source = write_jsonl(tmp_path / "c.jsonl", docs[:3])
+    with pytest.raises(ValueError, match="must be at least 1"):
+        preprocess(source, tmp_path / "c", tokenizer_dir, **{setting: 0})
