@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,8 +14,7 @@ import pytest
 
 from megatron_bliss.config import ConfigError
 from megatron_bliss.engine import checkpoint as ckpt
-from megatron_bliss.engine.distributed import free_port
-from megatron_bliss.utils.paths import REPO_ROOT
+from tests.engine.torchrun import run_two_ranks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from elastic_worker import STEPS, STOP_AFTER, elastic_config, stop_after_checkpoint
@@ -34,19 +31,8 @@ def elastic_runs(tiny_shard, tokenizer_dir, tmp_path_factory):
         stop_after_checkpoint(
             elastic_config(tiny_shard, tokenizer_dir, out / f"one_z{stage}", stage)
         )
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
     worker = Path(__file__).with_name("elastic_worker.py")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port()), str(worker), tiny_shard, str(tokenizer_dir), str(out),
-        *map(str, STAGES),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_ranks(worker, tiny_shard, str(tokenizer_dir), str(out), *map(str, STAGES))
     results = json.loads((out / "results.json").read_text())
     return out, {int(stage): values for stage, values in results.items()}
 

@@ -4,32 +4,18 @@ an in-process kill, matches ZeRO-2, and exports to a Hugging Face model with the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from megatron_bliss.engine.distributed import free_port
-from megatron_bliss.utils.paths import REPO_ROOT
+from tests.engine.torchrun import run_two_ranks
 
 
 @pytest.mark.slow
 def test_two_rank_zero3_train_resume_zero2_export(tiny_shard, tokenizer_dir, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
     worker = Path(__file__).with_name("two_rank_worker.py")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port()), str(worker), tiny_shard, str(tokenizer_dir), str(tmp_path),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_ranks(worker, tiny_shard, str(tokenizer_dir), str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     full = results["full"]
     assert results["world_size"] == 2
