@@ -35,11 +35,23 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.T
     return {name: tensor.float().contiguous() for name, tensor in state.items()}
 
 
+def model_config_of(meta: dict, checkpoint_dir: Path, tag: str) -> dict:
+    """The model config a checkpoint's ``meta.json`` records, or one line saying it has none."""
+    config = meta.get("model_config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{checkpoint_dir / tag / 'meta.json'}: no model_config "
+            "(not a checkpoint written by megatron-bliss pretrain)"
+        )
+    return config
+
+
 def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     checkpoint_dir, tag = resolve_checkpoint(path)
     meta = read_meta(checkpoint_dir, tag)
+    config = model_config_of(meta, checkpoint_dir, tag)
     state = consolidated_state_dict(checkpoint_dir, tag)
-    return model_from_state_dict(meta["model_config"], state), meta
+    return model_from_state_dict(config, state), meta
 
 
 def load_model(path: str | Path) -> torch.nn.Module:
@@ -91,24 +103,26 @@ def check_output(output: Path) -> None:
 
 def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | None = None) -> Path:
     """Write ``output`` (config.json, model.safetensors, tokenizer) atomically; returns it."""
+    from megatron_bliss.data.tokenizer import load_tokenizer
+
     output = Path(output)
     check_output(output)
     checkpoint_dir, tag = resolve_checkpoint(checkpoint)
     meta = read_meta(checkpoint_dir, tag)
-    model = model_from_state_dict(
-        meta["model_config"], consolidated_state_dict(checkpoint_dir, tag)
-    )
+    config = model_config_of(meta, checkpoint_dir, tag)
+    source = _tokenizer_source(meta, checkpoint_dir, tokenizer)
+    # Loaded before the (slow) consolidation, with the project's loader: a directory, hub name,
+    # tokenizers *.json or sentencepiece *.model, and one-line errors.
+    loaded_tokenizer = load_tokenizer(source) if source else None
+    model = model_from_state_dict(config, consolidated_state_dict(checkpoint_dir, tag))
     model.config.dtype = torch.float32
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model.save_pretrained(staging, safe_serialization=True)
-        source = _tokenizer_source(meta, checkpoint_dir, tokenizer)
-        if source:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(source, trust_remote_code=False).save_pretrained(staging)
+        if loaded_tokenizer is not None:
+            loaded_tokenizer.save_pretrained(staging)
         else:
             logger.warning("no tokenizer found for %s: exported without one", checkpoint_dir)
     except BaseException:
@@ -127,7 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", required=True, help="Hugging Face directory to write")
     parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer to include (default: the run's copy)"
+        "--tokenizer",
+        default=None,
+        help="tokenizer to include: directory, hub name, *.json or *.model (default: the run's copy)",
     )
 
 

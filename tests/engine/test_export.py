@@ -35,3 +35,21 @@ def test_output_that_is_some_other_directory_is_never_replaced(tmp_path):
     with pytest.raises(ValueError, match="not a Hugging Face model"):
         export_hf(run_dir / "checkpoints", run_dir)  # --output RUN_DIR by mistake
     assert (run_dir / "metrics.jsonl").exists()
+
+
+def test_bad_tokenizer_fails_before_the_weights_are_read(tmp_path, capsys):
+    step = tmp_path / "checkpoints" / "global_step2"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text("{}")
+    (step.parent / "latest").write_text("global_step2")
+    code, err = run_export(step.parent, tmp_path / "hf", capsys)
+    assert code == 2 and err.endswith(
+        "meta.json: no model_config (not a checkpoint written by megatron-bliss pretrain)"
+    )
+    (step / "meta.json").write_text('{"model_config": {}}')  # no weights: reading them would fail
+    argv = ["export-hf", "--checkpoint", str(step.parent), "--output", str(tmp_path / "hf"),
+            "--tokenizer", str(tmp_path / "missing.json")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("missing.json: tokenizer not found") and len(err.splitlines()) == 1
+    assert not (tmp_path / "hf").exists() and not (tmp_path / ".hf.tmp").exists()
