@@ -45,6 +45,12 @@ def is_supported(path: str | Path) -> bool:
     return any(name.endswith(s + c) for s in JSON_SUFFIXES for c in COMPRESSION_SUFFIXES)
 
 
+def is_dataset_manifest(path: Path) -> bool:
+    """``PREFIX.json`` beside ``PREFIX.idx``: the manifest of an indexed dataset, not a corpus
+    (found when outputs are written into the input folder and the command runs again)."""
+    return path.name.endswith(".json") and path.with_suffix(".idx").exists()
+
+
 def expand_inputs(specs: list[str] | str) -> list[Path]:
     """Files named by paths, globs and directories, in a stable order (duplicates dropped)."""
     specs = [specs] if isinstance(specs, str | Path) else list(specs)
@@ -52,7 +58,11 @@ def expand_inputs(specs: list[str] | str) -> list[Path]:
     for spec in specs:
         spec = str(spec)
         if os.path.isdir(spec):
-            matches = sorted(p for p in Path(spec).rglob("*") if p.is_file() and is_supported(p))
+            matches = sorted(
+                p
+                for p in Path(spec).rglob("*")
+                if p.is_file() and is_supported(p) and not is_dataset_manifest(p)
+            )
             if not matches:
                 raise FileNotFoundError(
                     f"{spec}: directory holds no .jsonl/.json(.gz/.zst)/.parquet"
@@ -62,7 +72,11 @@ def expand_inputs(specs: list[str] | str) -> list[Path]:
                 raise ValueError(f"{spec}: unsupported input (.jsonl/.json(.gz/.zst) or .parquet)")
             matches = [Path(spec)]
         else:
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if is_supported(p))
+            matches = sorted(
+                Path(p)
+                for p in glob.glob(spec, recursive=True)
+                if is_supported(p) and not is_dataset_manifest(Path(p))
+            )
             if not matches:
                 raise FileNotFoundError(f"{spec}: no input file matches")
         found.extend(m for m in matches if m not in found)

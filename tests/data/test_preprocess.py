@@ -275,3 +275,17 @@ def test_counts_below_one_are_refused(tmp_path, docs, tokenizer_dir, setting):
     source = write_jsonl(tmp_path / "c.jsonl", docs[:3])
     with pytest.raises(ValueError, match="must be at least 1"):
         preprocess(source, tmp_path / "c", tokenizer_dir, **{setting: 0})
+
+
+def test_rerun_with_outputs_in_the_input_folder_skips_their_manifests(
+    tmp_path, docs, tokenizer, tokenizer_dir
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "c.jsonl", docs)
+    for _ in range(2):  # the second run finds c_text_document.json beside its .idx
+        preprocess(folder, folder / "c", tokenizer_dir)
+        preprocess(str(folder / "*.json*"), folder / "g", tokenizer_dir)
+    expected = reference_bytes(tokenizer, docs, tmp_path)
+    assert read_bytes(folder / "c_text_document") == expected
+    assert read_bytes(folder / "g_text_document") == expected
