@@ -256,7 +256,10 @@ def run_selection(
         target_set = TargetSet.from_jsonl(
             target_data, tokenizer, target_format, config.target_max_length, config.target_limit
         )
-    if isinstance(target_model, str | Path):
+    if isinstance(target_model, str | Path) and method in NO_TARGET_MODEL:
+        logger.info("%s does not use --target-model: not loading %s", method, target_model)
+        target_model = None
+    elif isinstance(target_model, str | Path):
         target_model = load_target_model(target_model, device)
     run_dir = Path(run_dir)  # created only once the inputs have been checked
     ensure_dir(run_dir, "--run-dir")

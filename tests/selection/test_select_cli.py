@@ -211,3 +211,16 @@ def test_stand_in_target_is_reused_only_for_the_same_settings(tmp_path, tiny_sha
     assert main([*base, "target_warmup_steps=2"]) == 0
     assert json.loads(record.read_text())["steps"] == 2  # other settings: warmed up again
     assert not (run_dir / ".target_warmup.tmp").exists()
+
+
+def test_methods_without_a_target_model_do_not_load_one(tmp_path, tiny_shard, tokenizer_dir):
+    step = tmp_path / "checkpoints" / "global_step1"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text("{}")  # loading it would fail: no weights, no model_config
+    (step.parent / "latest").write_text("global_step1")
+    code = main(
+        ["select", "--method", "random", "--config", CONFIG, "--data-prefix", tiny_shard,
+         "--tokenizer", str(tokenizer_dir), "--target-model", str(step.parent),
+         "--run-dir", str(tmp_path / "run"), "seq_length=32"]
+    )  # fmt: skip
+    assert code == 0 and (tmp_path / "run" / "selection.npy").exists()
