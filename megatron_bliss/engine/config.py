@@ -158,7 +158,8 @@ class LoggingConfig:
     progress_bar: bool = True
     peak_flops: float | None = None
     """Device peak FLOP/s for MFU; default: a table for known GPUs, cpu_peak_flops on CPU."""
-    cpu_peak_flops: float = 1.0e11
+    cpu_peak_flops: float | None = None
+    """CPU peak FLOP/s per rank; default: measured at start (fastest square matmul)."""
     profile_steps: list[int] = field(default_factory=list)
     """``[first, last]``: torch.profiler trace of these steps into RUN_DIR/profile/ (empty: off)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,41 @@ def flops_per_token(model_config, seq_length: int) -> float:
     return 6.0 * non_embedding + attention
 
 
-def device_peak_flops(device: torch.device, precision: str, configured: float | None, cpu: float):
-    """Peak FLOP/s of one device: the configured value, a known GPU, else ``cpu``."""
+def device_peak_flops(
+    device: torch.device, precision: str, configured: float | None, cpu: float | None
+) -> float:
+    """Peak FLOP/s of one device: the configured value, a known GPU, else ``cpu``, else measured."""
     if configured:
         return float(configured)
     if device.type != "cuda":
-        return float(cpu)
+        return float(cpu) if cpu else measured_matmul_flops(precision)
     name = torch.cuda.get_device_name(device)
     for key, (half, single) in GPU_PEAK_FLOPS.items():
         if key in name:
             return half if precision in ("bf16", "fp16") else single
     logger.warning("unknown GPU %s: MFU uses the A100 bf16 peak; set logging.peak_flops", name)
     return GPU_PEAK_FLOPS["A100"][0]
+
+
+def measured_matmul_flops(precision: str, size: int = 1024, repeats: int = 5) -> float:
+    """Best FLOP/s of a square matmul with this process's threads, in the run's precision.
+
+    CPUs publish no dense peak for a given core and thread count, and a guessed constant gave MFU
+    well above what the machine reaches; the fastest large matmul is the achievable peak instead.
+    """
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(size, size, generator=generator).to(dtype)
+    right = torch.randn(size, size, generator=generator).to(dtype)
+    torch.mm(left, right)  # first call: allocation and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(left, right)
+        best = min(best, time.perf_counter() - started)
+    peak = 2.0 * size**3 / max(best, 1e-9)
+    logger.info("CPU peak for MFU: %.1f GFLOP/s (measured %s matmul)", peak / 1e9, dtype)
+    return peak
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:

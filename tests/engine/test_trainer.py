@@ -134,3 +134,13 @@ def test_gpu_configs_fused_adamw_trains_like_the_default(make_config, stage):
     fused = pretrain(fused_config, hooks)
     assert seen["fused"] is True
     np.testing.assert_allclose(fused["losses"], default["losses"], rtol=1e-6)
+
+
+def test_cpu_mfu_is_against_a_measured_matmul_peak():
+    from megatron_bliss.engine.metrics import device_peak_flops, measured_matmul_flops
+
+    cpu = torch.device("cpu")
+    measured = measured_matmul_flops("fp32", size=256, repeats=3)
+    assert 1e8 < measured < 1e14  # from a slow core to a large AVX-512/AMX machine
+    assert device_peak_flops(cpu, "fp32", None, 5e10) == 5e10  # logging.cpu_peak_flops wins
+    assert device_peak_flops(cpu, "fp32", 7e12, None) == 7e12  # logging.peak_flops wins
