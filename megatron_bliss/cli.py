@@ -33,8 +33,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DESCRIPTION = (
+    "LLM pretraining with model-based data selection: preprocess a corpus, pretrain with DeepSpeed, "
+    "select data (BLISS, Influence Distillation, MATES, DSIR, perplexity, random), evaluate, report."
+)
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megatron-bliss", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="megatron-bliss", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return int(importlib.import_module(args.module).run(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, OSError, ValueError) as error:  # bad input: one line, no traceback
         logging.getLogger("megatron_bliss").debug("error", exc_info=True)
         print(f"megatron-bliss {args.command}: error: {error}", file=sys.stderr)
         return 2
