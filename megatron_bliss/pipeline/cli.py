@@ -25,12 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
 
 
-def check_fractions(config: PipelineConfig, where: str) -> None:
-    for name in ("warmup_fraction", "fraction"):
-        if not 0 < getattr(config, name) <= 1:
-            raise ConfigError(f"{where}: {name} must be in (0, 1], got {getattr(config, name)}")
-
-
 def check_stage_sections(config: PipelineConfig, where: str) -> None:
     """The pretrain and select sections as the stages will build them (stage values stand-ins)."""
     from megatron_bliss.config import from_dict, merge
@@ -80,7 +74,6 @@ def check_inputs(config: PipelineConfig) -> None:
 def preflight(config: PipelineConfig, where: str, overrides: list[str] | None = None) -> None:
     """Stop with one line now for anything that would stop a later stage."""
     try:
-        check_fractions(config, where)
         check_stage_sections(config, where)
     except ConfigError as error:
         raise naming_override(error, overrides) from None

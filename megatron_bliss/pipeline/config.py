@@ -82,12 +82,23 @@ class PipelineConfig:
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None):
     config = load_config(PipelineConfig, path, overrides)
     where = str(path or "config")
+    _check_shards(config, where)
+    for name in ("warmup_fraction", "fraction"):
+        if not 0 < getattr(config, name) <= 1:
+            raise ConfigError(f"{where}: {name} must be in (0, 1], got {getattr(config, name)}")
+    if "run_dir" in config.pretrain or "run_dir" in config.select:
+        raise ConfigError(f"{where}: run directories are set by the pipeline (remove run_dir)")
+    return config
+
+
+def _check_shards(config: PipelineConfig, where: str) -> None:
+    """Shards come from ``shards`` (one per round plus the warm-up's) or from ``prepare.corpus``."""
     if config.prepare.corpus:
         if config.shards:
             raise ConfigError(f"{where}: give either 'shards' or 'prepare.corpus', not both")
         if config.num_rounds is None:
             raise ConfigError(f"{where}: 'prepare.corpus' needs 'num_rounds'")
-        return config
+        return
     if not config.shards:
         raise ConfigError(f"{where}: 'shards' is empty (shard 0 is the warm-up shard)")
     if config.rounds() > len(config.shards) - 1:
@@ -95,9 +106,3 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = 
             f"{where}: num_rounds={config.num_rounds} needs {config.rounds() + 1} shards, "
             f"got {len(config.shards)}"
         )
-    for name in ("warmup_fraction", "fraction"):
-        if not 0 < getattr(config, name) <= 1:
-            raise ConfigError(f"{where}: {name} must be in (0, 1]")
-    if "run_dir" in config.pretrain or "run_dir" in config.select:
-        raise ConfigError(f"{where}: run directories are set by the pipeline (remove run_dir)")
-    return config
