@@ -238,12 +238,13 @@ class BlissSelector(Selector):
                 progress.set_postfix(
                     std=f"{record['score_std']:.4f}", f=f"{record['target_loss']:.3f}"
                 )
+                residual = record["residual"]  # only cg measures one
                 logger.info(
                     "bliss step %d: target loss %.4f, lower loss %.4f, scores mean %.4f std %.4f "
-                    "[%.4f, %.4f], solver residual %.3g",
+                    "[%.4f, %.4f]%s",
                     step + 1, record["target_loss"], record["lower_loss"], record["score_mean"],
                     record["score_std"], record["score_min"], record["score_max"],
-                    record["residual"],
+                    "" if np.isnan(residual) else f", solver residual {residual:.3g}",
                 )  # fmt: skip
         self.seconds["bilevel"] += time.perf_counter() - start
 
