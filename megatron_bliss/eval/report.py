@@ -3,7 +3,8 @@
 For pipeline run directories (CONTRACT.md) of one or more selection methods it shows loss vs
 tokens, zero-shot accuracy per round, the tokens/FLOPs each method needs to reach random
 selection's accuracy, the score distribution per round with the highest- and lowest-scored
-sequences, and a 13-gram contamination check. Missing pieces are named in the report::
+sequences, and a 13-gram contamination check. Plain ``pretrain`` run directories get the loss
+and accuracy sections. Missing pieces are named in the report::
 
     megatron-bliss report runs/bliss runs/random --output runs
 """
@@ -428,22 +429,27 @@ def write_report(
     check_dir_creatable(output_dir / "plots", "--output folder")
     plots = output_dir / "plots"
     tasks = common_tasks(runs)
-    reader = PoolReader()
-    tokenizers = {run.name: load_tokenizer(run) for run in runs}
     steps = [
         lambda: loss_section(runs, plots, output_dir),
         lambda: accuracy_section(runs, tasks, plots, output_dir),
         lambda: speedup_section(runs, tasks, baseline, plots, output_dir),
-        lambda: scores_section(runs, plots, output_dir, reader, tokenizers, top_k, max_chars),
-        lambda: contamination_section(
-            runs, reader, tokenizers, task_data, max_pool_sequences, max_documents
-        ),
     ]
+    selecting = any(len(run.rounds) > 1 for run in runs)  # else: plain pretrain run directories
+    if selecting:
+        reader = PoolReader()
+        tokenizers = {run.name: load_tokenizer(run) for run in runs}
+        steps += [
+            lambda: scores_section(runs, plots, output_dir, reader, tokenizers, top_k, max_chars),
+            lambda: contamination_section(
+                runs, reader, tokenizers, task_data, max_pool_sequences, max_documents
+            ),
+        ]
     body: list[str] = []
     for step in tqdm(steps, desc="report sections", disable=None):
         body += step()
     title = " vs ".join(run.label for run in runs)
-    lines = [f"# Data selection report: {title}", ""] + runs_section(runs, output_dir) + body
+    kind = "Data selection report" if selecting else "Training report"
+    lines = [f"# {kind}: {title}", ""] + runs_section(runs, output_dir) + body
     report = output_dir / "report.md"
     atomic_write_text(report, "\n".join(lines))
     logger.info("wrote %s", report)

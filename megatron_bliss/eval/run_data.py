@@ -1,4 +1,5 @@
-"""Read a pipeline run directory (CONTRACT.md, "Pipeline run directory") for the report.
+"""Read a pipeline run directory (CONTRACT.md, "Pipeline run directory") for the report; a single
+``pretrain`` run directory reads as a run of one round without selection.
 
 Every piece is optional here: a missing or unreadable file is recorded as a note that the report
 prints, so a half-finished run still gets a report of what exists.
@@ -111,22 +112,28 @@ def _read_round(path: Path, index: int, pipeline_round: dict[str, Any], notes: l
 
 
 def load_run(path: str | Path) -> RunData:
-    """Read ``path`` (a pipeline run directory); raise only when it is not one at all."""
+    """Read ``path`` (a pipeline run directory, or one ``pretrain`` run directory); raise only
+    when it is neither."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: a file, not a run directory")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: run directory not found")
-    notes: list[str] = []
-    pipeline = _read_json(path / "pipeline.json", notes) or {}
-    by_round = {int(r.get("round", i)): r for i, r in enumerate(pipeline.get("rounds", []))}
     round_dirs = sorted(
         (int(m.group(1)), child)
         for child in path.iterdir()
         if child.is_dir() and (m := _ROUND_DIR.match(child.name))
     )
     if not round_dirs:
-        raise ValueError(f"{path}: no round_0/ ... round_R/ folders (not a pipeline run directory)")
+        if (path / "metrics.jsonl").is_file():
+            return _load_training_run(path)
+        raise ValueError(
+            f"{path}: no round_0/ ... round_R/ folders (not a pipeline run directory) and no "
+            "metrics.jsonl (not a pretrain run directory)"
+        )
+    notes: list[str] = []
+    pipeline = _read_json(path / "pipeline.json", notes) or {}
+    by_round = {int(r.get("round", i)): r for i, r in enumerate(pipeline.get("rounds", []))}
     rounds = [_read_round(p, i, by_round.get(i, {}), notes) for i, p in round_dirs]
     method = pipeline.get("method") or next(
         (r.selection_meta["method"] for r in rounds if "method" in r.selection_meta), None
@@ -134,3 +141,16 @@ def load_run(path: str | Path) -> RunData:
     if method is None:
         notes.append("method unknown (no pipeline.json or selection.json): using the folder name")
     return RunData(path, path.name, method or path.name, pipeline, rounds, notes)
+
+
+def _load_training_run(path: Path) -> RunData:
+    """A ``pretrain`` run directory as a run of one round and no selection (method "pretrain"):
+    its loss curve, and its evaluation when ``eval --output RUN_DIR/eval.json`` wrote one."""
+    notes: list[str] = []
+    data = RoundData(index=0, path=path)
+    data.metrics = read_metrics(path / "metrics.jsonl", notes)
+    if (path / "eval.json").is_file():
+        data.eval = _read_json(path / "eval.json", notes) or {}
+    tokens = [r["consumed_tokens"] for r in data.metrics if "consumed_tokens" in r]
+    data.tokens = float(tokens[-1]) if tokens else None
+    return RunData(path, path.name, "pretrain", {}, [data], notes)

@@ -123,7 +123,7 @@ def test_report_on_something_that_is_not_a_run_is_one_line(tmp_path, capsys, kin
     assert main(["report", str(target), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     expected = {"missing": "run directory not found", "file": "a file, not a run directory",
-                "empty_dir": "not a pipeline run directory"}  # fmt: skip
+                "empty_dir": "no metrics.jsonl (not a pretrain run directory)"}  # fmt: skip
     assert len(err.splitlines()) == 1 and str(target) in err and expected[kind] in err
     assert not (tmp_path / "out").exists()
 
@@ -135,3 +135,23 @@ def test_report_output_through_a_file_is_one_line(synthetic_runs, tmp_path, caps
     runs = [str(path) for path in synthetic_runs]
     assert main(["report", *runs, "--output", str(tmp_path / "file")]) == 2
     assert "--output folder is under the file" in capsys.readouterr().err
+
+
+def test_report_on_a_pretrain_run_directory(tmp_path, capsys):
+    from megatron_bliss.cli import main
+
+    run_dir = tmp_path / "pretrain_run"
+    run_dir.mkdir()
+    records = [
+        {"step": s, "loss": 6.0 - 0.1 * s, "lr": 1e-3, "consumed_tokens": 256 * s}
+        for s in range(1, 9)
+    ] + [{"step": 8, "val_loss": 5.5}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["report", str(run_dir)]) == 0
+    report = (run_dir / "report.md").read_text()
+    assert report.startswith("# Training report: pretrain (pretrain_run)")
+    assert "| pretrain_run | pretrain | 0 |" in report and "Missing" not in report
+    assert "| pretrain (pretrain_run) | 5.2000 | 5.5000 | 2,048 |" in report
+    assert "Selection scores" not in report
+    for link in _links(report):
+        assert (run_dir / link).is_file(), link
