@@ -450,8 +450,11 @@ class TrainingStage:
                 self.consumed_samples += train.global_batch_size
                 losses.append(loss)
                 metrics = self._step_metrics(loss, lr, elapsed, tokens_per_step)
-                if self.step % self.config.logging.log_interval == 0:
-                    self.sink.write(metrics)
+                if (
+                    self.step % self.config.logging.log_interval == 0
+                    or self.step == train.train_steps
+                ):
+                    self.sink.write(metrics)  # the last step too: short runs still leave a record
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 self.hooks.on_step_end(self.step, metrics)

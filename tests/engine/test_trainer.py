@@ -144,3 +144,9 @@ def test_cpu_mfu_is_against_a_measured_matmul_peak():
     assert 1e8 < measured < 1e14  # from a slow core to a large AVX-512/AMX machine
     assert device_peak_flops(cpu, "fp32", None, 5e10) == 5e10  # logging.cpu_peak_flops wins
     assert device_peak_flops(cpu, "fp32", 7e12, None) == 7e12  # logging.peak_flops wins
+
+
+def test_metrics_every_log_interval_and_at_the_last_step(make_config, tmp_path):
+    pretrain(make_config("sparse", **{"train.train_steps": 6, "logging.log_interval": 4}))
+    steps = [r["step"] for r in read_metrics(tmp_path / "sparse") if "loss" in r]
+    assert steps == [4, 6]
