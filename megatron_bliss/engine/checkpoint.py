@@ -203,31 +203,49 @@ def universal_tag(tag: str) -> str:
 def convert_to_universal(checkpoint_dir: Path, tag: str, is_main: bool) -> str:
     """``tag`` converted to DeepSpeed's universal layout once; returns the universal tag.
 
-    Collective: rank 0 converts into a temporary folder and renames it when complete (a finished
-    conversion is reused), the other ranks wait; a failure on rank 0 stops every rank.
+    Rank 0 converts into a temporary folder and renames it when complete (a finished conversion
+    is reused); the other ranks wait on the folder, not in a collective, since converting a large
+    model can outlast the process group's timeout. A failure on rank 0 is written beside the
+    folder, so every rank stops with the same line.
     """
-    import torch.distributed as dist
+    from megatron_bliss.engine.distributed import wait_for_rank0
 
     target = checkpoint_dir / universal_tag(tag)
-    failure = ""
-    if is_main and not target.is_dir():
+    failed = checkpoint_dir / f".{target.name}.failed"
+    if is_main:
+        failed.unlink(missing_ok=True)
+    _barrier()  # nobody reads a stale failure note from an earlier attempt
+    if not is_main:
+        wait_for_rank0(target, failed, f"universal conversion of {checkpoint_dir / tag}")
+        return target.name
+    if not target.is_dir():
         logger.info("converting %s to DeepSpeed's universal checkpoint", checkpoint_dir / tag)
         try:
             _run_ds_to_universal(checkpoint_dir / tag, target)
-        except FileNotFoundError as error:  # already one line naming the folder
-            failure = str(error)
-        except Exception as error:  # reported on every rank below
-            failure = (
-                f"{checkpoint_dir / tag}: universal checkpoint conversion failed: "
+        except Exception as error:
+            message = (
+                str(error)
+                if isinstance(error, FileNotFoundError)  # already one line naming the folder
+                else f"{checkpoint_dir / tag}: universal checkpoint conversion failed: "
                 f"{type(error).__name__}: {error}"
             )
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        failures = [failure]
-        dist.broadcast_object_list(failures, src=0)
-        failure = failures[0]
-    if failure:
-        raise ValueError(failure)
+            if _world_size() > 1:  # the waiting ranks read it; the next attempt removes it
+                failed.write_text(message + "\n")
+            raise ValueError(message) from None
     return target.name
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if _world_size() > 1:
+        dist.barrier()
 
 
 def _run_ds_to_universal(source: Path, target: Path) -> None:

@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -74,6 +76,22 @@ def _destroy_at_exit() -> None:
         import deepspeed.comm
 
         deepspeed.comm.destroy_process_group()
+
+
+def wait_for_rank0(ready: Path, failed: Path, what: str, poll_seconds: float = 2.0) -> None:
+    """Block until rank 0 has made ``ready``, or raise its one-line message from ``failed``.
+
+    Polls the shared filesystem instead of waiting in a collective: a long rank-0 job (a
+    checkpoint conversion, an index build) must not outlast the process group's timeout.
+    """
+    started = last_report = time.monotonic()
+    while not ready.exists():
+        if failed.exists():
+            raise ValueError(failed.read_text().strip() or f"{what}: failed on rank 0")
+        if time.monotonic() - last_report >= 60:
+            last_report = time.monotonic()
+            logger.info("waiting for rank 0: %s (%.0f s)", what, last_report - started)
+        time.sleep(poll_seconds)
 
 
 def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> DistributedContext:
