@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,10 @@ class TrainingDataset:
         seed: int = 1234,
         vocab_size: int | None = None,
         cache_dir: str | None = None,
+        wait_for_cache: Callable[[Path], None] | None = None,
     ):
+        """``wait_for_cache(path)``, for processes that read the index another one builds: called
+        when the cache file is not there yet, returns once it is (or raises)."""
         if not sources:
             raise ValueError("training dataset needs at least one data source")
         if num_samples < 0:
@@ -160,7 +164,7 @@ class TrainingDataset:
                 check_vocabulary(pool, int(vocab_size))
         self.candidates = [self._candidates(s, p) for s, p in zip(self.sources, self.pools)]
         self.weights = self._normalised_weights()
-        self.sample_index = self._load_or_build(cache_dir)
+        self.sample_index = self._load_or_build(cache_dir, wait_for_cache)
         self.epochs = self._count_epochs()
         for name, epochs in self.epochs.items():
             logger.info("training data %s: %d epoch(s) over its sequences", name, epochs)
@@ -205,10 +209,12 @@ class TrainingDataset:
         digest.update(json.dumps(parts).encode())
         return digest.hexdigest()[:20]
 
-    def _load_or_build(self, cache_dir: str | None) -> np.ndarray:
+    def _load_or_build(self, cache_dir: str | None, wait_for_cache=None) -> np.ndarray:
         if cache_dir is None:
             return self._build()
         path = Path(cache_dir) / f"training_index_{self.cache_key()}.npy"
+        if wait_for_cache is not None and not path.exists():
+            wait_for_cache(path)
         if path.exists():
             index = np.load(path, mmap_mode="r")
             if index.shape == (self.num_samples, 2):

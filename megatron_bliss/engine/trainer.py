@@ -47,6 +47,7 @@ from megatron_bliss.engine.distributed import (
     all_reduce_max,
     all_reduce_mean,
     init_distributed,
+    wait_for_rank0,
 )
 from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
 from megatron_bliss.engine.loss import FusedHeadLoss
@@ -287,23 +288,33 @@ class TrainingStage:
         return choice == "fused" or (choice == "auto" and self.device.type == "cuda")
 
     def _dataset(self):
-        """Sample index built on rank 0 and cached on disk; other ranks read the cache."""
+        """Sample index built on rank 0 and cached on disk; the other ranks wait for the file (not
+        in a collective, whose timeout a long build could outlast) and read it."""
         from megatron_bliss.data.training_dataset import DataSource, TrainingDataset
 
         data = self.config.data
         sources = [DataSource(s.prefix, s.weight, s.selection) for s in data.all_sources()]
         num_samples = self.config.train.train_steps * self.config.train.global_batch_size
-        cache_dir = data.cache_dir or str(self.run_dir / "data_cache")
+        cache_dir = Path(data.cache_dir or self.run_dir / "data_cache")
+        failed = cache_dir / ".training_index.failed"
+        if self.context.is_main:
+            failed.unlink(missing_ok=True)
+        self.context.barrier()  # nobody reads a failure note left by an earlier run
 
-        def build():
+        def wait(path: Path) -> None:
+            wait_for_rank0(path, failed, f"training index {path.name}")
+
+        try:
             return TrainingDataset(
                 sources, data.seq_length, num_samples, self.config.train.seed,
-                vocab_size=self.vocab_size, cache_dir=cache_dir,
+                vocab_size=self.vocab_size, cache_dir=str(cache_dir),
+                wait_for_cache=None if self.context.is_main else wait,
             )  # fmt: skip
-
-        dataset = build() if self.context.is_main else None
-        self.context.barrier()
-        return dataset if dataset is not None else build()
+        except Exception as error:
+            if self.context.is_main and self.context.world_size > 1:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                failed.write_text(f"{error}\n")  # the waiting ranks stop with the same line
+            raise
 
     def _valid_dataset(self):
         data = self.config.data

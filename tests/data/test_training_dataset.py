@@ -155,3 +155,23 @@ def test_cache_round_trip(two_shards, tmp_path):
     assert len(cached) == 120
     with pytest.raises(IndexError):
         cached[120]
+
+
+def test_a_reader_waits_for_the_builders_cache(two_shards, tmp_path):
+    a, b = two_shards
+    sources = [DataSource(a), DataSource(b, 0.5)]
+    cache = str(tmp_path / "cache")
+    waited = []
+
+    def builder_finishes(path):  # stands in for rank 0 writing the file meanwhile
+        waited.append(path.name)
+        TrainingDataset(sources, 10, 120, seed=2, cache_dir=cache)
+
+    reader = TrainingDataset(
+        sources, 10, 120, seed=2, cache_dir=cache, wait_for_cache=builder_finishes
+    )
+    assert waited == [f"training_index_{reader.cache_key()}.npy"]
+    assert isinstance(reader.sample_index, np.memmap)  # read from the builder's file
+    built = TrainingDataset(sources, 10, 120, seed=2, cache_dir=cache, wait_for_cache=waited.append)
+    assert len(waited) == 1  # the file exists: no wait
+    np.testing.assert_array_equal(all_samples(reader), all_samples(built))
