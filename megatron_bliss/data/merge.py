@@ -21,6 +21,7 @@ from megatron_bliss.data.indexed import (
     make_output_parent,
     remove_outputs,
 )
+from megatron_bliss.data.pool import require_indexed_files
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,7 @@ logger = logging.getLogger(__name__)
 def _dtype_of(prefix: str) -> np.dtype:
     from megatron.core.datasets.indexed_dataset import _IndexReader
 
-    for suffix in (".bin", ".idx"):
-        if not os.path.exists(prefix + suffix):
-            raise FileNotFoundError(f"{prefix}{suffix}: indexed dataset file not found")
+    require_indexed_files(prefix)
     return np.dtype(_IndexReader(prefix + ".idx", multimodal=False).dtype)
 
 

@@ -16,14 +16,22 @@ from pathlib import Path
 import numpy as np
 
 
+def require_indexed_files(prefix: str, what: str = "indexed dataset file", hint: str = "") -> None:
+    """One line naming the missing ``.bin`` or ``.idx`` of a dataset prefix (``hint``: how to
+    make it), before anything slower looks at it."""
+    for suffix in (".bin", ".idx"):
+        if not os.path.isfile(prefix + suffix):
+            raise FileNotFoundError(
+                f"{prefix}{suffix}: {what} not found" + (f" ({hint})" if hint else "")
+            )
+
+
 def _open_indexed(prefix: str):
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     logging.getLogger("megatron.core").setLevel(logging.WARNING)  # per-open INFO chatter
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    for suffix in (".bin", ".idx"):
-        if not os.path.exists(prefix + suffix):
-            raise FileNotFoundError(f"{prefix}{suffix}: indexed dataset file not found")
+    require_indexed_files(prefix)
     return IndexedDataset(prefix, mmap=True)
 
 

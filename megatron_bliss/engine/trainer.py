@@ -216,16 +216,16 @@ class TrainingStage:
     # ---------------------------------------------------------------- set-up
     def _check_data_files(self) -> None:
         """Missing shards stop the run before the tokenizer, model and engine cost minutes."""
+        from megatron_bliss.data.pool import require_indexed_files
+
         data = self.config.data
         prefixes = [source.prefix for source in data.all_sources()]
         for prefix in prefixes + ([data.valid_prefix] if data.valid_prefix else []):
-            for suffix in (".bin", ".idx"):
-                if not Path(prefix + suffix).exists():
-                    raise FileNotFoundError(
-                        f"{prefix}{suffix}: indexed dataset file not found (build it with "
-                        "tools/preprocess_data.py; launch_scripts/pretrain_tiny_cpu.sh builds the "
-                        "tiny config's data)"
-                    )
+            require_indexed_files(
+                prefix,
+                hint="build it with tools/preprocess_data.py; launch_scripts/pretrain_tiny_cpu.sh "
+                "builds the tiny config's data",
+            )
 
     def _load_tokenizer(self):
         name = self.config.data.tokenizer

@@ -56,10 +56,10 @@ def check_inputs(config: PipelineConfig) -> None:
         if config.prepare.valid_corpus:
             expand_inputs(config.prepare.valid_corpus)
     else:
+        from megatron_bliss.data.pool import require_indexed_files
+
         for shard in config.shards[: config.rounds() + 1]:
-            for suffix in (".bin", ".idx"):
-                if not Path(shard + suffix).is_file():
-                    raise FileNotFoundError(f"{shard}{suffix}: shard file not found")
+            require_indexed_files(shard, what="shard file")
     if config.eval.enabled:
         from megatron_bliss.eval.harness import parse_task_list
 
