@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+MAX_ID_CHUNK = 1 << 24  # tokens per chunk when scanning a shard for its largest id
+
 
 def require_indexed_files(prefix: str, what: str = "indexed dataset file", hint: str = "") -> None:
     """One line naming the missing ``.bin`` or ``.idx`` of a dataset prefix (``hint``: how to
@@ -59,6 +61,7 @@ class SequencePool:
             else np.zeros(0, dtype=self.dtype)
         )
         self.num_sequences = max(0, (self.num_tokens - 1) // self.seq_length)
+        self._max_token_id: int | None = None
 
     def _check_contiguous(self) -> None:
         pointers = np.asarray(self.indexed.index.sequence_pointers, dtype=np.int64)
@@ -103,4 +106,10 @@ class SequencePool:
         )
 
     def max_token_id(self) -> int:
-        return int(self.tokens.max()) if self.num_tokens else -1
+        """Largest token id (-1 when empty), scanned once in chunks so memory stays bounded."""
+        if self._max_token_id is None:
+            largest = -1
+            for start in range(0, self.num_tokens, MAX_ID_CHUNK):
+                largest = max(largest, int(self.tokens[start : start + MAX_ID_CHUNK].max()))
+            self._max_token_id = largest
+        return self._max_token_id

@@ -27,8 +27,6 @@ from megatron_bliss.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-_MAX_ID_CHUNK = 1 << 24  # tokens per chunk when scanning a shard for its largest id
-
 
 @dataclass
 class DataSource:
@@ -74,21 +72,13 @@ def read_selection(path: str | Path, seq_length: int, num_sequences: int) -> np.
     return indices
 
 
-def shard_max_token_id(pool: SequencePool) -> int:
-    """Largest token id of a shard, scanned in chunks so memory stays bounded."""
-    largest = -1
-    for start in range(0, pool.num_tokens, _MAX_ID_CHUNK):
-        largest = max(largest, int(pool.tokens[start : start + _MAX_ID_CHUNK].max()))
-    return largest
-
-
 def check_vocabulary(pool: SequencePool, vocab_size: int) -> None:
     """Refuse a shard whose token ids do not fit the model's vocabulary (one line)."""
     if not np.issubdtype(pool.dtype, np.integer):
         raise ValueError(f"{pool.prefix}: token dtype {pool.dtype} is not an integer type")
     if np.iinfo(pool.dtype).max < vocab_size:
         return  # no id the dtype can hold can reach vocab_size
-    largest = shard_max_token_id(pool)
+    largest = pool.max_token_id()
     if largest >= vocab_size:
         raise ValueError(
             f"{pool.prefix}: token id {largest} does not fit the model's vocabulary of "

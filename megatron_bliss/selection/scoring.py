@@ -145,13 +145,11 @@ def check_positive(**values: int | None) -> None:
 def check_ids_fit_scorer(pool: SequencePool, scorer: Path) -> None:
     """A shard tokenised for another vocabulary fails inside the embedding with an IndexError;
     say which shard and scorer instead."""
-    from megatron_bliss.data.training_dataset import shard_max_token_id
-
     try:
         vocab_size = int(json.loads((scorer / "config.json").read_text())["vocab_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # load_score_model reports a broken scorer
-    largest = shard_max_token_id(pool)
+    largest = pool.max_token_id()
     if largest >= vocab_size:
         raise ValueError(
             f"{pool.prefix}: holds token id {largest}, beyond the {vocab_size}-token vocabulary "
