@@ -30,6 +30,11 @@ import numpy as np
 import torch
 
 from megatron_bliss.config import ConfigError
+from megatron_bliss.engine.distributed import (
+    DistributedContext,
+    rank0_failure_note,
+    wait_for_rank0,
+)
 from megatron_bliss.utils.io import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -200,7 +205,7 @@ def universal_tag(tag: str) -> str:
     return tag + UNIVERSAL_SUFFIX
 
 
-def convert_to_universal(checkpoint_dir: Path, tag: str, is_main: bool) -> str:
+def convert_to_universal(checkpoint_dir: Path, tag: str, context: DistributedContext) -> str:
     """``tag`` converted to DeepSpeed's universal layout once; returns the universal tag.
 
     Rank 0 converts into a temporary folder and renames it when complete (a finished conversion
@@ -208,44 +213,23 @@ def convert_to_universal(checkpoint_dir: Path, tag: str, is_main: bool) -> str:
     model can outlast the process group's timeout. A failure on rank 0 is written beside the
     folder, so every rank stops with the same line.
     """
-    from megatron_bliss.engine.distributed import wait_for_rank0
-
     target = checkpoint_dir / universal_tag(tag)
     failed = checkpoint_dir / f".{target.name}.failed"
-    if is_main:
-        failed.unlink(missing_ok=True)
-    _barrier()  # nobody reads a stale failure note from an earlier attempt
-    if not is_main:
-        wait_for_rank0(target, failed, f"universal conversion of {checkpoint_dir / tag}")
-        return target.name
-    if not target.is_dir():
-        logger.info("converting %s to DeepSpeed's universal checkpoint", checkpoint_dir / tag)
-        try:
-            _run_ds_to_universal(checkpoint_dir / tag, target)
-        except Exception as error:
-            message = (
-                str(error)
-                if isinstance(error, FileNotFoundError)  # already one line naming the folder
-                else f"{checkpoint_dir / tag}: universal checkpoint conversion failed: "
-                f"{type(error).__name__}: {error}"
-            )
-            if _world_size() > 1:  # the waiting ranks read it; the next attempt removes it
-                failed.write_text(message + "\n")
-            raise ValueError(message) from None
+    with rank0_failure_note(failed, context):
+        if not context.is_main:
+            wait_for_rank0(target, failed, f"universal conversion of {checkpoint_dir / tag}")
+        elif not target.is_dir():
+            logger.info("converting %s to DeepSpeed's universal checkpoint", checkpoint_dir / tag)
+            try:
+                _run_ds_to_universal(checkpoint_dir / tag, target)
+            except FileNotFoundError as error:  # already one line naming the folder
+                raise ValueError(str(error)) from None
+            except Exception as error:
+                raise ValueError(
+                    f"{checkpoint_dir / tag}: universal checkpoint conversion failed: "
+                    f"{type(error).__name__}: {error}"
+                ) from None
     return target.name
-
-
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if _world_size() > 1:
-        dist.barrier()
 
 
 def _run_ds_to_universal(source: Path, target: Path) -> None:

@@ -10,12 +10,14 @@ cached groups, so the group is destroyed only at interpreter exit (``atexit``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +94,23 @@ def wait_for_rank0(ready: Path, failed: Path, what: str, poll_seconds: float = 2
             last_report = time.monotonic()
             logger.info("waiting for rank 0: %s (%.0f s)", what, last_report - started)
         time.sleep(poll_seconds)
+
+
+@contextlib.contextmanager
+def rank0_failure_note(failed: Path, context: DistributedContext) -> Iterator[None]:
+    """Around work rank 0 does while the other ranks ``wait_for_rank0``: a note left by an earlier
+    attempt is removed first (everyone passes a barrier before reading), and rank 0's failure in
+    the block is written to ``failed``, so the waiting ranks stop with the same line."""
+    if context.is_main:
+        failed.unlink(missing_ok=True)
+    context.barrier()
+    try:
+        yield
+    except Exception as error:
+        if context.is_main and context.world_size > 1:
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.write_text(f"{error}\n")
+        raise
 
 
 def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> DistributedContext:

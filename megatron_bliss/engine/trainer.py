@@ -47,6 +47,7 @@ from megatron_bliss.engine.distributed import (
     all_reduce_max,
     all_reduce_mean,
     init_distributed,
+    rank0_failure_note,
     wait_for_rank0,
 )
 from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
@@ -297,24 +298,16 @@ class TrainingStage:
         num_samples = self.config.train.train_steps * self.config.train.global_batch_size
         cache_dir = Path(data.cache_dir or self.run_dir / "data_cache")
         failed = cache_dir / ".training_index.failed"
-        if self.context.is_main:
-            failed.unlink(missing_ok=True)
-        self.context.barrier()  # nobody reads a failure note left by an earlier run
 
         def wait(path: Path) -> None:
             wait_for_rank0(path, failed, f"training index {path.name}")
 
-        try:
+        with rank0_failure_note(failed, self.context):
             return TrainingDataset(
                 sources, data.seq_length, num_samples, self.config.train.seed,
                 vocab_size=self.vocab_size, cache_dir=str(cache_dir),
                 wait_for_cache=None if self.context.is_main else wait,
             )  # fmt: skip
-        except Exception as error:
-            if self.context.is_main and self.context.world_size > 1:
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                failed.write_text(f"{error}\n")  # the waiting ranks stop with the same line
-            raise
 
     def _valid_dataset(self):
         data = self.config.data
@@ -393,7 +386,7 @@ class TrainingStage:
         checkpoint_dir, tag, meta, elastic = self.resume_point
         universal = None
         if elastic:
-            universal = ckpt.convert_to_universal(checkpoint_dir, tag, self.context.is_main)
+            universal = ckpt.convert_to_universal(checkpoint_dir, tag, self.context)
         meta = ckpt.load_checkpoint(
             self.engine, checkpoint_dir, tag, self.context.rank, universal=universal
         )

@@ -14,6 +14,7 @@ import pytest
 
 from megatron_bliss.config import ConfigError
 from megatron_bliss.engine import checkpoint as ckpt
+from megatron_bliss.engine.distributed import DistributedContext
 from tests.engine.torchrun import run_two_ranks
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -110,7 +111,7 @@ def test_conversion_without_optimizer_states_stops_with_one_line(tmp_path):
     (tmp_path / "global_step2").mkdir()
     (tmp_path / "global_step2" / "mp_rank_00_model_states.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="no optimizer states"):
-        ckpt.convert_to_universal(tmp_path, "global_step2", is_main=True)
+        ckpt.convert_to_universal(tmp_path, "global_step2", DistributedContext())
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["global_step2"]
 
 
