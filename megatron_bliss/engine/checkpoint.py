@@ -162,16 +162,11 @@ def needs_universal(
     0.19.8's ZeRO-2 and ZeRO-3 universal layouts differ (model-state file names, the optimizer
     state file), so neither loads the other's.
     """
-    saved_ranks = int(meta.get("world_size", world_size))
-    saved_stage = int(meta.get("zero_stage", zero_stage))
     if not elastic:
         check_compatible(meta, world_size, zero_stage, where)
-    if saved_stage != zero_stage:
-        raise ConfigError(
-            f"{where}: checkpoint was written with ZeRO stage {saved_stage}, this run uses stage "
-            f"{zero_stage}; resume with the same stage (elastic resume changes only the number "
-            "of ranks) or export it (megatron-bliss export-hf) and use model.init_from"
-        )
+        return False
+    check_same_stage(meta, zero_stage, where)
+    saved_ranks = int(meta.get("world_size", world_size))
     if saved_ranks == world_size:
         return False
     if zero_stage < 1:
@@ -194,10 +189,17 @@ def check_compatible(meta: dict[str, Any], world_size: int, zero_stage: int, whe
             "checkpoint.elastic_resume=true), or export it (megatron-bliss export-hf) and start a "
             "new run with model.init_from=EXPORTED_DIR"
         )
-    if int(meta.get("zero_stage", zero_stage)) != zero_stage:
+    check_same_stage(meta, zero_stage, where)
+
+
+def check_same_stage(meta: dict[str, Any], zero_stage: int, where: Path) -> None:
+    """ZeRO's shard layouts differ by stage, with or without elastic resume."""
+    saved_stage = int(meta.get("zero_stage", zero_stage))
+    if saved_stage != zero_stage:
         raise ConfigError(
-            f"{where}: checkpoint was written with ZeRO stage {meta['zero_stage']}, this run uses "
-            f"stage {zero_stage}; resume with the same stage or export and use model.init_from"
+            f"{where}: checkpoint was written with ZeRO stage {saved_stage}, this run uses stage "
+            f"{zero_stage}; resume with the same stage (elastic resume changes only the number "
+            "of ranks) or export it (megatron-bliss export-hf) and use model.init_from"
         )
 
 
