@@ -25,6 +25,7 @@ paper, on purpose: the optimizer starts from a fresh AdamW state unless ``ProbeR
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from megatron_bliss.selection.perplexity import (
     sequence_losses,
 )
 from megatron_bliss.selection.score_model import ScoreModel, build_backbone, load_score_model
+from megatron_bliss.selection.scoring import score_pool
 from megatron_bliss.utils.io import atomic_save_npy
 
 logger = logging.getLogger(__name__)
@@ -170,14 +172,7 @@ def predict(
 def score_pool_with_saved_model(directory: str | Path, pool, device=None, batch_size: int = 64):
     """Scores of every ``pool`` sequence with a saved regressor (what ``score --scorer`` gives)."""
     device = device or torch.device("cpu")
-    regressor = load_score_model(directory, device)
-    logits = predict(regressor, pool, np.arange(len(pool)), batch_size, device)
-    return usefulness_to_score(logits)
-
-
-def usefulness_to_score(logits: np.ndarray) -> np.ndarray:
-    """``sigmoid(logit)``: the shared score-model output, monotone in -predicted loss."""
-    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    return score_pool(load_score_model(directory, device), pool, batch_size, device, "float32")
 
 
 class MatesSelector(Selector):
@@ -217,16 +212,12 @@ class MatesSelector(Selector):
         self.metrics: dict = {}
         self.probe_indices: np.ndarray | None = None
         self.labels: np.ndarray | None = None
-        self._probe_pool: SequencePool | None = None
 
-    @property
-    def probe_pool(self):
+    @functools.cached_property
+    def probe_pool(self) -> SequencePool:
         """The sequences probes (and the regressor's training rows) come from."""
-        if self._probe_pool is None:
-            prefix = self.config.probe_prefix
-            pool = self.context.pool
-            self._probe_pool = SequencePool(prefix, pool.seq_length) if prefix else pool
-        return self._probe_pool
+        prefix, pool = self.config.probe_prefix, self.context.pool
+        return SequencePool(prefix, pool.seq_length) if prefix else pool
 
     # -- oracle labels -------------------------------------------------------------------
     def probe_settings(self) -> ProbeSettings:
@@ -355,15 +346,11 @@ class MatesSelector(Selector):
         if self.regressor is None:
             self.fit()
         pool = self.context.pool
-        predicted = predict(
-            self.regressor,
-            pool,
-            np.arange(len(pool)),
-            self.config.score_batch_size,
-            self.context.device,
+        scores = score_pool(
+            self.regressor, pool, self.config.score_batch_size, self.context.device, "float32"
         )
         self.flops += forward_flops_per_token(self.regressor.backbone) * pool.seq_length * len(pool)
-        return usefulness_to_score(predicted)
+        return scores
 
     def save(self, run_dir: Path) -> None:
         """The regressor under ``run_dir/score_model/`` in the shared score-model format (so
