@@ -37,6 +37,7 @@ from megatron_bliss.selection.base import SelectionContext
 from megatron_bliss.selection.bliss import BlissSelector
 from megatron_bliss.selection.proxy import freeze, lm_logits, pool_batch, sequence_ce, warmup_lm
 from megatron_bliss.selection.score_model import ScoreModel
+from megatron_bliss.utils.io import atomic_write_json
 from megatron_bliss.utils.logging import setup_logging
 from megatron_bliss.utils.paths import shared_data_dir
 
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
         results[key] = value
         logger.info("%s: %s", key, value)
         if args.output:
-            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+            atomic_write_json(args.output, results)
 
     if warm_proxy_dir is not None:
         report(**baselines(warm_proxy_dir, pool, subset, labels, purity, target_set, device))

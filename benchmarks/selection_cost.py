@@ -41,6 +41,7 @@ from megatron_bliss.selection.bliss import BlissSelector
 from megatron_bliss.selection.cli import load_select_config
 from megatron_bliss.selection.proxy import freeze, warmup_lm
 from megatron_bliss.selection.scoring import resolve_precision, score_range
+from megatron_bliss.utils.io import atomic_write_json
 from megatron_bliss.utils.logging import setup_logging
 from megatron_bliss.utils.paths import REPO_ROOT
 
@@ -157,10 +158,9 @@ def main(argv=None) -> int:
     results["config_selection_over_training_extrapolated"] = round(
         config_seconds / train_seconds, 3
     )
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        atomic_write_json(args.output, results)
     return 0
 
 

@@ -168,6 +168,7 @@ def run_plain(config, warmup: int) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from megatron_bliss.models.presets import PRESETS
+    from megatron_bliss.utils.io import atomic_write_json
     from megatron_bliss.utils.logging import setup_logging
 
     setup_logging()
@@ -217,10 +218,9 @@ def main(argv=None) -> int:
                        / results["plain"]["tokens_per_second_best"]
                        for name, r in results.items() if name != "plain"},
     }  # fmt: skip
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        atomic_write_json(args.output, report)
     return 0
 
 

@@ -140,14 +140,15 @@ def check_tokenizer_fits(pool, tokenizer) -> None:
         )
     manifest = Path(pool.prefix + ".json")
     try:
-        recorded = json.loads(manifest.read_text()).get("tokenizer_hash")
+        record = json.loads(manifest.read_text())
+        recorded = record.get("tokenizer_hash")
     except (OSError, ValueError, AttributeError):
         return
     if recorded and recorded != tokenizer_hash(tokenizer):
         logger.warning(
             "%s: made with tokenizer %s, which differs from the one given here",
             manifest,
-            json.loads(manifest.read_text()).get("tokenizer", recorded[:12]),
+            record.get("tokenizer", recorded[:12]),
         )
 
 
