@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_bliss.utils.dirs import ensure_dir
+
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 logging.getLogger("megatron.core").setLevel(logging.WARNING)  # import-time INFO chatter
 from megatron.core.datasets.indexed_dataset import (  # noqa: E402
@@ -100,8 +102,8 @@ def make_output_parent(prefix: str) -> None:
     """Create the folder an output prefix lives in; a path through a file is one clear line."""
     parent = Path(prefix).parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
+        ensure_dir(parent)
+    except ValueError:
         raise ValueError(
             f"{prefix}: cannot create output folder {parent} (a file is in the way)"
         ) from None

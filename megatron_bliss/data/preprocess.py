@@ -31,7 +31,7 @@ from megatron_bliss.data.indexed import (
     make_output_parent,
     remove_outputs,
 )
-from megatron_bliss.data.readers import Batch, expand_inputs, iter_batches
+from megatron_bliss.data.readers import Batch, expand_inputs, is_encodable, iter_batches
 from megatron_bliss.data.tokenizer import (
     DocumentEncoder,
     TokenizerSpec,
@@ -130,19 +130,10 @@ def _record_texts(record, keys: list[str]) -> list[str] | str:
             return f"key '{key}' is null"
         if not isinstance(record[key], str):
             return f"key '{key}' is not a string"
-        if not record[key].isascii() and not _encodable(record[key]):
+        if not record[key].isascii() and not is_encodable(record[key]):
             return f"key '{key}' holds an unpaired surrogate escape (not valid Unicode text)"
         texts.append(record[key])
     return texts
-
-
-def _encodable(text: str) -> bool:
-    """False for JSON ``\\ud800``-style lone surrogates, which no tokenizer can encode."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _parse_line(line: str) -> dict | str:

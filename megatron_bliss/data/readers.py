@@ -45,6 +45,15 @@ def is_supported(path: str | Path) -> bool:
     return any(name.endswith(s + c) for s in JSON_SUFFIXES for c in COMPRESSION_SUFFIXES)
 
 
+def is_encodable(text: str) -> bool:
+    """False for JSON ``\\ud800``-style lone surrogates, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_dataset_manifest(path: Path) -> bool:
     """``PREFIX.json`` beside ``PREFIX.idx``: the manifest of an indexed dataset, not a corpus
     (found when outputs are written into the input folder and the command runs again)."""

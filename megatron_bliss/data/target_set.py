@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_bliss.data.readers import is_encodable
+
 FORMATS = ("documents", "last_word", "prompt_continuation")
 IGNORE_INDEX = -100
 
@@ -60,10 +62,8 @@ def _field(row, name: str, fmt: str, where: str) -> str:
         raise ValueError(f"{where}: missing field '{name}' (--target-format {fmt} reads {wanted})")
     if not isinstance(row[name], str):
         raise ValueError(f"{where}: field '{name}' is {json_type(row[name])}, not a string")
-    try:
-        row[name].encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where}: field '{name}' holds an unpaired surrogate escape") from None
+    if not is_encodable(row[name]):
+        raise ValueError(f"{where}: field '{name}' holds an unpaired surrogate escape")
     return row[name]
 
 

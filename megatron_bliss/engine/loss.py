@@ -15,9 +15,8 @@ from collections.abc import Iterator
 
 import torch
 
+from megatron_bliss.data.target_set import IGNORE_INDEX
 from megatron_bliss.kernels import linear_cross_entropy
-
-IGNORE_INDEX = -100
 
 
 class FusedHeadLoss:
