@@ -299,9 +299,10 @@ def run(args: argparse.Namespace) -> int:
     if scores is None:
         return 0
     if args.fraction is not None:
-        seq_length = args.seq_length or int(read_meta(args.scorer)["seq_length"])  # checked >= 1
+        meta = read_meta(args.scorer)
+        seq_length = args.seq_length or int(meta["seq_length"])  # checked >= 1
         write_selection(
-            Path(args.out).parent, scores, method=read_meta(args.scorer).get("method", "bliss"),
+            Path(args.out).parent, scores, method=meta.get("method", "bliss"),
             fraction=args.fraction, data_prefix=args.data_prefix, seq_length=seq_length,
             seed=args.seed, gumbel_temperature=args.gumbel_temperature,
             scores_name=Path(args.out).name,  # never a second scores.npy beside --out
