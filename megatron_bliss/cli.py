@@ -11,7 +11,9 @@ import importlib
 import logging
 import sys
 
+from megatron_bliss import exit_codes
 from megatron_bliss.config import ConfigError
+from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.utils.logging import setup_logging
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -58,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return int(importlib.import_module(args.module).run(args) or 0)
+    except Interrupted as stopped:  # a signal, after a checkpoint: rerunning continues
+        print(f"megatron-bliss {args.command}: {stopped}", file=sys.stderr)
+        return exit_codes.INTERRUPTED
     except (ConfigError, OSError, ValueError) as error:  # bad input: one line, no traceback
         logging.getLogger("megatron_bliss").debug("error", exc_info=True)
         print(f"megatron-bliss {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
 
 
 if __name__ == "__main__":

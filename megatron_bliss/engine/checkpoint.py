@@ -3,8 +3,11 @@
 ``RUN_DIR/checkpoints/global_stepN/`` holds DeepSpeed's model/optimizer shards, and, written before
 them, ``meta.json`` (step, consumed samples, world size, ZeRO stage, the model's full Hugging Face
 config so export never relies on a default) and ``rng_rank{r}.pt`` (each rank's RNG states, only
-tensors and numbers so ``torch.load(weights_only=True)`` reads them). DeepSpeed writes ``latest``
-last, so a save cut short by a kill leaves ``latest`` on the previous complete checkpoint.
+tensors and numbers so ``torch.load(weights_only=True)`` reads them). After a barrier (every
+rank's files written) rank 0 adds ``complete.json`` (each file's size) and then moves ``latest``,
+so a save cut short by a kill is never taken for a checkpoint; loading verifies the folder and
+falls back to the newest complete one (``checkpoint_integrity``). Every read goes through
+``safe_load.checkpoint_reading``: weights-only unpickling unless the checkpoint is trusted.
 
 Elastic resume: a checkpoint written by another number of ranks (ZeRO's optimizer shards are cut
 per rank) is converted once by DeepSpeed's ``ds_to_universal`` into ``<tag>_universal/`` next to
@@ -18,10 +21,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,16 +31,18 @@ import numpy as np
 import torch
 
 from megatron_bliss.config import ConfigError
+from megatron_bliss.engine import checkpoint_integrity as integrity
+from megatron_bliss.engine.checkpoint_integrity import TAG_PATTERN, has_step_folders
 from megatron_bliss.engine.distributed import (
     DistributedContext,
     rank0_failure_note,
     wait_for_rank0,
 )
-from megatron_bliss.utils.io import atomic_path, atomic_write_json
+from megatron_bliss.engine.safe_load import UntrustedCheckpoint, checkpoint_reading, load_file
+from megatron_bliss.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 UNIVERSAL_SUFFIX = "_universal"
 
 
@@ -56,26 +59,47 @@ def tag_for(step: int) -> str:
     return f"global_step{step}"
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
-    """``(checkpoints_dir, tag)`` for a checkpoints dir with ``latest``, a step folder, or a run dir."""
+def resolve_checkpoint(path: str | Path, verify: bool = True) -> tuple[Path, str]:
+    """``(checkpoints_dir, tag)`` for a run dir, a checkpoints dir or one step folder.
+
+    A step folder named explicitly is verified and used as it is (its first problem is the
+    error). A checkpoints dir gives its newest complete step folder, whether or not ``latest``
+    exists or names it; the folders skipped are named in a warning. ``verify=False`` only locates
+    (``latest``, else the newest step folder), for reading metadata beside the weights.
+    """
     path = Path(path)
-    if (path / "checkpoints" / "latest").exists():
-        path = path / "checkpoints"
-    if (path / "latest").exists():
-        tag = (path / "latest").read_text().strip()
-        if not (path / tag).is_dir():
-            raise FileNotFoundError(f"{path}/latest: names missing step folder '{tag}'")
-        return path, tag
-    if path.is_dir() and any(path.glob("*model_states.pt")):
+    if _is_step_folder(path):
+        if verify:
+            integrity.verify_folder(path, legacy_ok=True)
+            if not (path / integrity.COMPLETION_RECORD).exists():
+                logger.warning(
+                    "%s: no completion record (older save): structure checked only", path
+                )
         return path.parent, path.name
+    for candidate in (path / "checkpoints", path):
+        if has_step_folders(candidate) or (candidate / integrity.LATEST).exists():
+            if verify:
+                return candidate, integrity.newest_complete(candidate)
+            latest = integrity.read_latest(candidate)
+            if latest and (candidate / latest).is_dir():
+                return candidate, latest
+            folders = integrity.step_folders(candidate)
+            if folders:
+                return candidate, folders[-1][1]
     raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint (no 'latest' file or step folder)")
 
 
+def _is_step_folder(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    if TAG_PATTERN.match(path.name) or (path / integrity.COMPLETION_RECORD).exists():
+        return True
+    return any(path.glob("*model_states.pt"))
+
+
 def read_meta(checkpoint_dir: Path, tag: str) -> dict[str, Any]:
-    meta_path = checkpoint_dir / tag / "meta.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: checkpoint metadata not found")
-    return json.loads(meta_path.read_text())
+    """``meta.json`` of a step folder; missing or corrupt is one line naming the file."""
+    return integrity.read_meta(checkpoint_dir / tag)
 
 
 def rng_state() -> dict[str, Any]:
@@ -123,27 +147,34 @@ def save_checkpoint(
     tag = tag_for(step)
     folder = checkpoint_dir / tag
     folder.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        integrity.invalidate(checkpoint_dir, tag)  # before DeepSpeed's barrier: ranks write after
     with atomic_path(folder / f"rng_rank{rank}.pt") as temporary:
         torch.save(rng_state(), temporary)
     if rank == 0:
-        atomic_write_json(folder / "meta.json", meta)
+        atomic_write_json(folder / integrity.META_FILE, meta)
         shutil.rmtree(checkpoint_dir / universal_tag(tag), ignore_errors=True)  # now stale
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"meta": meta})
-    if dist.is_initialized():
-        dist.barrier()
+    engine.save_checkpoint(
+        str(checkpoint_dir), tag=tag, client_state={"meta": meta}, save_latest=False
+    )
+    _barrier(dist)  # every rank's files are written: only now may they count as a checkpoint
     if rank == 0:
+        integrity.write_completion_record(folder, step)
+        atomic_write_text(checkpoint_dir / integrity.LATEST, tag)
         prune_checkpoints(checkpoint_dir, keep_last, protect=tag)
+    _barrier(dist)
     logger.info("checkpoint saved: %s", folder)
     return folder
 
 
+def _barrier(dist) -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def prune_checkpoints(checkpoint_dir: Path, keep_last: int, protect: str) -> None:
     """Keep the last ``keep_last`` step folders; a pruned tag's universal copy goes with it."""
-    tags = sorted(
-        (int(match.group(1)), entry.name)
-        for entry in checkpoint_dir.iterdir()
-        if entry.is_dir() and (match := TAG_PATTERN.match(entry.name))
-    )
+    tags = integrity.step_folders(checkpoint_dir)
     for _, name in tags[:-keep_last]:
         if name != protect:
             shutil.rmtree(checkpoint_dir / name, ignore_errors=True)
@@ -207,7 +238,9 @@ def universal_tag(tag: str) -> str:
     return tag + UNIVERSAL_SUFFIX
 
 
-def convert_to_universal(checkpoint_dir: Path, tag: str, context: DistributedContext) -> str:
+def convert_to_universal(
+    checkpoint_dir: Path, tag: str, context: DistributedContext, trust: bool = False
+) -> str:
     """``tag`` converted to DeepSpeed's universal layout once; returns the universal tag.
 
     Rank 0 converts into a temporary folder and renames it when complete (a finished conversion
@@ -223,7 +256,10 @@ def convert_to_universal(checkpoint_dir: Path, tag: str, context: DistributedCon
         elif not target.is_dir():
             logger.info("converting %s to DeepSpeed's universal checkpoint", checkpoint_dir / tag)
             try:
-                _run_ds_to_universal(checkpoint_dir / tag, target)
+                with checkpoint_reading(trust):
+                    _run_ds_to_universal(checkpoint_dir / tag, target)
+            except UntrustedCheckpoint:
+                raise
             except FileNotFoundError as error:  # already one line naming the folder
                 raise ValueError(str(error)) from None
             except Exception as error:
@@ -266,13 +302,13 @@ def _run_ds_to_universal(source: Path, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def repair_universal_optimizer_state(engine, universal_dir: Path) -> None:
+def repair_universal_optimizer_state(engine, universal_dir: Path, trust: bool = False) -> None:
     """Undo two slips of DeepSpeed's ZeRO-3 universal loader (0.19.8) so training continues
     exactly: it copies group 0's options to every group (the no-decay group would get group 0's
     weight decay), and it gives every group the same ``step`` tensor object, which AdamW then
     increments once per group per step (wrong bias correction from the next step on).
     ZeRO-1/2 need neither; both repairs are no-ops there."""
-    saved = torch.load(universal_dir / "zero" / "optimizer_state.pt", weights_only=False)
+    saved = load_file(universal_dir / "zero" / "optimizer_state.pt", trust, map_location="cpu")
     saved_groups = saved.get("param_groups", [])
     live_groups = engine.optimizer.param_groups
     if len(saved_groups) != len(live_groups):
@@ -298,28 +334,35 @@ def reseed_for_elastic_resume(seed: int, step: int, rank: int) -> None:
 
 
 def load_checkpoint(
-    engine, checkpoint_dir: Path, tag: str, rank: int, universal: str | None = None
+    engine,
+    checkpoint_dir: Path,
+    tag: str,
+    rank: int,
+    universal: str | None = None,
+    trust: bool = False,
 ) -> dict[str, Any]:
     """Restore model, optimizer, step and this rank's RNG; returns the checkpoint's meta.
 
     With ``universal`` (the converted tag of an elastic resume; the engine was built with
     ``load_universal``) weights and optimizer come from that folder, meta from ``tag``, and the
-    RNG is not restored (the caller re-seeds, see ``reseed_for_elastic_resume``).
+    RNG is not restored (the caller re-seeds, see ``reseed_for_elastic_resume``). ``trust``:
+    DeepSpeed's full unpickler instead of weights-only loading (``safe_load``).
     """
     meta = read_meta(checkpoint_dir, tag)
     load_tag = universal or tag
-    load_path, _ = engine.load_checkpoint(
-        str(checkpoint_dir),
-        tag=load_tag,
-        load_optimizer_states=True,
-        load_lr_scheduler_states=False,
-    )
+    with checkpoint_reading(trust):
+        load_path, _ = engine.load_checkpoint(
+            str(checkpoint_dir),
+            tag=load_tag,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+        )
     if load_path is None:
         raise FileNotFoundError(
             f"{checkpoint_dir / load_tag}: DeepSpeed could not load the checkpoint"
         )
     if universal:
-        repair_universal_optimizer_state(engine, checkpoint_dir / universal)
+        repair_universal_optimizer_state(engine, checkpoint_dir / universal, trust)
         return meta
     rng_path = checkpoint_dir / tag / f"rng_rank{rank}.pt"
     if rng_path.exists():

@@ -6,6 +6,8 @@
     srun python -m megatron_bliss.cli pretrain --config ...      (SLURM variables are read)
 
 ``--dry-run`` joins the world, runs one all-reduce and exits before touching data or models.
+A run stopped by SIGTERM/SIGUSR1 checkpoints and exits with ``exit_codes.INTERRUPTED`` (75), so a
+SLURM script can requeue it; rerunning the same command continues from that checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import logging
 import os
 import sys
+
+from megatron_bliss import exit_codes
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     config = load_pretrain_config(args.config, args.overrides)
+    code = exit_codes.FINISHED
     if args.dry_run:
         result = dry_run_world(config)
         if result["rank"] == 0:
@@ -60,16 +65,31 @@ def run(args: argparse.Namespace) -> int:
         from megatron_bliss.engine.trainer import pretrain
 
         summary = pretrain(config)
+        if summary["interrupted"]:
+            code = exit_codes.INTERRUPTED
         if int(os.environ.get("RANK", "0")) == 0:
-            print(
-                f"pretrain: step {summary['final_step']}, loss {summary['final_loss']}, "
-                f"{summary['consumed_tokens']} tokens, run dir {summary['run_dir']}"
-            )
+            report(summary)
     if _launched_by_launcher():
         # Multi-rank teardown in C++ occasionally aborts after a clean run (stack-notes, sec. 1):
         # the process group is already destroyed, so flush and leave without interpreter teardown.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
-    return 0
+        os._exit(code)
+    return code
+
+
+def report(summary: dict) -> None:
+    """The last line: where a finished run ended, or how to continue an interrupted one."""
+    if summary["interrupted"]:
+        print(
+            f"pretrain: interrupted by signal {summary.get('signal')} after step "
+            f"{summary['final_step']}; checkpoint saved in {summary['checkpoint']}; rerun the "
+            f"same command to continue (exit code {exit_codes.INTERRUPTED})",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"pretrain: step {summary['final_step']}, loss {summary['final_loss']}, "
+        f"{summary['consumed_tokens']} tokens, run dir {summary['run_dir']}"
+    )

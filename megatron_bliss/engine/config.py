@@ -142,6 +142,10 @@ class CheckpointConfig:
     converted once to DeepSpeed's universal checkpoint (``<tag>_universal/`` next to it) and
     loaded from there, so weights, AdamW moments, step and data position carry over; each rank's
     RNG is re-seeded from (seed, step, rank). False: such a checkpoint stops the run."""
+    trust: bool = False
+    """Load checkpoints (checkpoint.load, resume, the universal conversion) with DeepSpeed's full
+    unpickler, which can run code stored in the file. False (default): weights-only loading with
+    an allow-list of DeepSpeed's own types; anything else is refused with one line."""
     adam_state_params: list[str] = field(default_factory=list)
     """Layers whose AdamW second moments (with step, betas, eps) go into ``adam_state.pt`` of
     every checkpoint, for Influence Distillation's Adam preconditioner: subset names

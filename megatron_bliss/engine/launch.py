@@ -7,6 +7,8 @@ which lands here directly. Every rank then calls ``launch``: optional tiny-data 
 builds, the others wait for its ready file), training, and an export of the final checkpoint.
 
 Environment (all optional): RUN_DIR, DATA_PREFIX, TOKENIZER, EXPORT (1/0), EXTRA (overrides).
+Each rank exits 0 when finished, 2 on bad input and 75 when a signal stopped training after a
+checkpoint (no export then; torchrun itself reports 1 for any rank that did not exit 0).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_bliss import exit_codes
 from megatron_bliss.utils.paths import REPO_ROOT, shared_data_dir
 
 logger = logging.getLogger(__name__)
@@ -114,20 +117,24 @@ def _train_and_export(config_path: str, overrides: list[str]) -> int:
     import torch.distributed as dist
 
     from megatron_bliss.config import ConfigError
+    from megatron_bliss.engine.cli import report
     from megatron_bliss.engine.config import load_pretrain_config
     from megatron_bliss.engine.trainer import pretrain
 
     try:
         config = load_pretrain_config(config_path, overrides)
         summary = pretrain(config)
-        if _rank() == 0 and os.environ.get("EXPORT", "1") == "1" and summary["checkpoint"]:
+        if summary["interrupted"]:  # not finished: no export; the rerun continues
+            if _rank() == 0:
+                report(summary)
+        elif _rank() == 0 and os.environ.get("EXPORT", "1") == "1" and summary["checkpoint"]:
             from megatron_bliss.engine.export import export_hf
 
             output = export_hf(summary["checkpoint"], Path(summary["run_dir"]) / "hf")
             print(f"trained to step {summary['final_step']}; exported {output}", flush=True)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, OSError, ValueError) as error:
         print(f"pretrain: error: {error}", file=sys.stderr, flush=True)
-        os._exit(2)
+        os._exit(exit_codes.BAD_INPUT)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -135,4 +142,4 @@ def _train_and_export(config_path: str, overrides: list[str]) -> int:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(exit_codes.INTERRUPTED if summary["interrupted"] else exit_codes.FINISHED)

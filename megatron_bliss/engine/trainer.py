@@ -152,6 +152,39 @@ def with_universal_loading(ds_config: dict[str, Any]) -> dict[str, Any]:
     return {**ds_config, "checkpoint": checkpoint}
 
 
+SHAPE_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "intermediate_size", "tie_word_embeddings",
+)  # fmt: skip
+
+
+def check_resumable(meta: dict[str, Any], config: PretrainConfig, model_config, where) -> None:
+    """One line naming the key when a checkpoint cannot continue as this run: another preset or
+    model shape (DeepSpeed would stop in a size mismatch) or another sequence length (the data
+    position counts sequences of the saved length, so training would silently go on elsewhere)."""
+    hint = "export it (megatron-bliss export-hf) and start a new run with model.init_from"
+    saved_preset = meta.get("preset")
+    if saved_preset is not None and saved_preset != config.model.preset:
+        raise ConfigError(
+            f"{where}: checkpoint is of model.preset={saved_preset!r}, this run has "
+            f"model.preset={config.model.preset!r}; resume with the same preset, or {hint}"
+        )
+    saved_length = meta.get("seq_length")
+    if saved_length is not None and int(saved_length) != config.data.seq_length:
+        raise ConfigError(
+            f"{where}: checkpoint was trained with data.seq_length={saved_length}, this run has "
+            f"data.seq_length={config.data.seq_length}; resume with the same length, or {hint}"
+        )
+    saved_model = meta.get("model_config") or {}
+    for key in SHAPE_KEYS:
+        saved, live = saved_model.get(key), getattr(model_config, key, None)
+        if saved is not None and live is not None and saved != live:
+            raise ConfigError(
+                f"{where}: checkpoint has {key}={saved}, this run's model has {key}={live} "
+                f"(model.* / data.tokenizer differ); resume with the same model, or {hint}"
+            )
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay for biases and norm weights (1-D tensors), as Megatron."""
     decay, no_decay = [], []
@@ -366,11 +399,12 @@ class TrainingStage:
         load. Stops with one line when the checkpoint cannot continue here."""
         source = self.config.checkpoint.load
         if source is None:
-            if not self.config.checkpoint.resume or not (self.checkpoint_dir / "latest").exists():
+            if not self.config.checkpoint.resume or not ckpt.has_step_folders(self.checkpoint_dir):
                 return None
-            source = str(self.checkpoint_dir)
+            source = str(self.checkpoint_dir)  # the newest complete one, with or without `latest`
         checkpoint_dir, tag = ckpt.resolve_checkpoint(source)
         meta = ckpt.read_meta(checkpoint_dir, tag)
+        check_resumable(meta, self.config, self.model.config, checkpoint_dir / tag)
         elastic = ckpt.needs_universal(
             meta,
             self.context.world_size,
@@ -385,10 +419,11 @@ class TrainingStage:
             return
         checkpoint_dir, tag, meta, elastic = self.resume_point
         universal = None
+        trust = self.config.checkpoint.trust
         if elastic:
-            universal = ckpt.convert_to_universal(checkpoint_dir, tag, self.context)
+            universal = ckpt.convert_to_universal(checkpoint_dir, tag, self.context, trust)
         meta = ckpt.load_checkpoint(
-            self.engine, checkpoint_dir, tag, self.context.rank, universal=universal
+            self.engine, checkpoint_dir, tag, self.context.rank, universal=universal, trust=trust
         )
         self.step = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
@@ -465,7 +500,8 @@ class TrainingStage:
                 if self._validation_due():
                     self._validate()
                 stop = self.hooks.should_stop(self.step)
-                signalled = all_reduce_max(float(preemption.received or 0), self.context) > 0
+                signal_number = int(all_reduce_max(float(preemption.received or 0), self.context))
+                signalled = signal_number > 0  # on any rank: every rank checkpoints and stops
                 if (
                     self._checkpoint_due()
                     or signalled
@@ -480,7 +516,7 @@ class TrainingStage:
                         raise TrainingInterrupted(
                             self.step, saved if last_saved == self.step else None
                         )
-                    return self._finish(losses, interrupted=True)
+                    return self._finish(losses, interrupted=True, signal=signal_number)
         progress.close()
         interval = self.config.logging.eval_interval
         if interval and self.valid_dataset is not None and self.step % interval:
@@ -627,7 +663,11 @@ class TrainingStage:
         )
         self.hooks.on_checkpoint(str(folder))
 
-    def _finish(self, losses: list[float], interrupted: bool) -> dict[str, Any]:
+    def _finish(
+        self, losses: list[float], interrupted: bool, signal: int | None = None
+    ) -> dict[str, Any]:
+        """The summary; ``interrupted``: stopped by signal number ``signal`` (received on any
+        rank) after its checkpoint, so not a finished stage."""
         tokens = self.consumed_samples * self.config.data.seq_length
         summary = {
             "run_dir": str(self.run_dir),
@@ -641,6 +681,7 @@ class TrainingStage:
             "checkpoint": str(self.checkpoint_dir) if (self.checkpoint_dir / "latest").exists()
             else None,
             "interrupted": interrupted,
+            "signal": signal,
             "world_size": self.context.world_size,
             "config": to_dict(self.config),
         }  # fmt: skip

@@ -6,7 +6,10 @@
 
 Each stage runs in this process (tests inject kills through hooks) or, for training with
 ``launcher: torchrun``, as a ``torchrun`` job of ``nproc_per_node`` ranks, the way a cluster runs
-each stage. Finished stages are skipped; a killed stage resumes from its own checkpoints.
+each stage (the ranks end with this process, see ``utils.child_process``). Finished stages are
+skipped; a killed stage resumes from its own checkpoints. A training stage stopped by
+SIGTERM/SIGUSR1 saves a checkpoint and is not recorded as finished: the pipeline stops with
+``exit_codes.Interrupted`` and the next run resumes that stage.
 
 Influence Distillation's Adam version (``select: {influence: {adam_state: auto}}``): every
 training stage exports the AdamW second moments of the selector's ``param_subset`` with its
@@ -21,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +32,13 @@ from typing import Any
 import numpy as np
 
 from megatron_bliss.config import ConfigError, dump_yaml, from_dict, merge
+from megatron_bliss.engine.checkpoint import has_step_folders
 from megatron_bliss.engine.config import PretrainConfig
+from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig
 from megatron_bliss.pipeline.stages import StageMarker
 from megatron_bliss.selection.rule import write_selection
+from megatron_bliss.utils.child_process import run_child
 from megatron_bliss.utils.io import atomic_write_json
 from megatron_bliss.utils.paths import shared_data_dir
 
@@ -212,7 +217,7 @@ class Pipeline:
         marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
         if not marker.done():
             self._before(r, "train")
-            own = (round_dir / "checkpoints" / "latest").exists()
+            own = has_step_folders(round_dir / "checkpoints")  # resumed, even without `latest`
             config.checkpoint.load = None if own or load is None else str(load)
             summary = self._launch_pretrain(config, r, "train")
             marker.complete(_train_result(summary, round_dir, previous_tokens=self._tokens(load)))
@@ -232,7 +237,7 @@ class Pipeline:
         )
         if not marker.done():
             self._before(r, "decay")
-            own = (decay_dir / "checkpoints" / "latest").exists()
+            own = has_step_folders(decay_dir / "checkpoints")
             config.checkpoint.load = None if own else train["checkpoints"]
             summary = self._launch_pretrain(config, r, "decay")
             marker.complete(
@@ -286,7 +291,7 @@ class Pipeline:
             from megatron_bliss.engine.trainer import pretrain
 
             hooks = self.hooks.train_hooks(r, name) if self.hooks.train_hooks else None
-            return pretrain(config, hooks)
+            return _finished(pretrain(config, hooks), r, name)
         if kind != "torchrun":
             raise ConfigError(f"pretrain.launcher.type: '{kind}' is not inprocess or torchrun")
         stage_yaml = Path(config.run_dir) / "stage_config.yaml"
@@ -300,10 +305,15 @@ class Pipeline:
         threads = max(1, (os.cpu_count() or 1) // int(nproc))  # ranks must not oversubscribe cores
         env = {**os.environ, "OMP_NUM_THREADS": str(self.launcher.get("threads_per_rank", threads))}
         logger.info("round %d %s: %s", r, name, " ".join(command))
-        completed = subprocess.run(command, env=env)
-        if completed.returncode != 0:
-            raise RuntimeError(f"round {r} {name}: torchrun exited with {completed.returncode}")
-        return json.loads((Path(config.run_dir) / "summary.json").read_text())
+        summary_path = Path(config.run_dir) / "summary.json"
+        summary_path.unlink(missing_ok=True)  # an earlier attempt's must not count for this one
+        returncode = run_child(command, env)
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        if summary is not None and summary.get("interrupted"):
+            return _finished(summary, r, name)  # raises: torchrun reports 1 for any stop
+        if returncode != 0 or summary is None:
+            raise RuntimeError(f"round {r} {name}: torchrun exited with {returncode}")
+        return summary
 
     def _tokens(self, checkpoints: str | None) -> int:
         if checkpoints is None:
@@ -353,6 +363,17 @@ class Pipeline:
         return summary
 
 
+def _finished(summary: dict[str, Any], r: int, name: str) -> dict[str, Any]:
+    """``summary`` of a training stage that ran to its end; a stage stopped by a signal (after
+    its checkpoint) raises instead, so its marker is never written and a rerun resumes it."""
+    if summary.get("interrupted"):
+        raise Interrupted(
+            f"round {r} {name}: interrupted by a signal after step {summary['final_step']} "
+            f"(checkpoint in {summary.get('checkpoint')}); rerun the same command to continue"
+        )
+    return summary
+
+
 def _train_result(summary: dict[str, Any], run_dir: Path, previous_tokens: int) -> dict[str, Any]:
     tokens = int(summary["consumed_tokens"])
     per_token = float(summary.get("flops_per_token") or 0.0)
@@ -366,10 +387,12 @@ def _train_result(summary: dict[str, Any], run_dir: Path, previous_tokens: int) 
 
 
 def _comparable(config: PretrainConfig) -> dict[str, Any]:
-    """The parts of a stage config that decide its outputs: not where it resumes from, and its
-    own directory only as a placeholder (a reused warm-up lives under another run's path)."""
+    """The parts of a stage config that decide its outputs: not where it resumes from or whether
+    its checkpoints are trusted, and its own directory only as a placeholder (a reused warm-up
+    lives under another run's path)."""
     values = dataclasses.asdict(config)
-    values["checkpoint"] = {k: v for k, v in values["checkpoint"].items() if k != "load"}
+    ignored = ("load", "trust")
+    values["checkpoint"] = {k: v for k, v in values["checkpoint"].items() if k not in ignored}
     if not values["checkpoint"]["adam_state_params"]:  # off: hashes of earlier runs still match
         del values["checkpoint"]["adam_state_params"]
     run_dir = str(values.pop("run_dir"))

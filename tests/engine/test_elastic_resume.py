@@ -119,7 +119,8 @@ def test_saving_a_tag_again_drops_its_stale_universal_copy(tmp_path):
     """A run restarted from scratch in the same folder must not reuse an old step's conversion."""
 
     class ShardWriter:  # stands in for the DeepSpeed engine: writes one shard file
-        def save_checkpoint(self, path, tag, client_state):
+        def save_checkpoint(self, path, tag, client_state, save_latest):
+            assert not save_latest  # `latest` is written after the completion record
             (Path(path) / tag / "mp_rank_00_model_states.pt").write_bytes(b"shard")
 
     (tmp_path / "global_step2_universal").mkdir()

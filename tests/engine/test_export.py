@@ -38,15 +38,22 @@ def test_output_that_is_some_other_directory_is_never_replaced(tmp_path):
 
 
 def test_bad_tokenizer_fails_before_the_weights_are_read(tmp_path, capsys):
+    import torch
+
+    from megatron_bliss.engine.checkpoint_integrity import write_completion_record
+
     step = tmp_path / "checkpoints" / "global_step2"
     step.mkdir(parents=True)
     (step / "meta.json").write_text("{}")
+    torch.save({}, step / "mp_rank_00_model_states.pt")  # complete, but holds no weights
+    write_completion_record(step, 2)
     (step.parent / "latest").write_text("global_step2")
     code, err = run_export(step.parent, tmp_path / "hf", capsys)
     assert code == 2 and err.endswith(
         "meta.json: no model_config (not a checkpoint written by megatron-bliss pretrain)"
     )
     (step / "meta.json").write_text('{"model_config": {}}')  # no weights: reading them would fail
+    write_completion_record(step, 2)
     argv = ["export-hf", "--checkpoint", str(step.parent), "--output", str(tmp_path / "hf"),
             "--tokenizer", str(tmp_path / "missing.json")]  # fmt: skip
     assert main(argv) == 2

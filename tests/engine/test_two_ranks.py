@@ -28,3 +28,10 @@ def test_two_rank_zero3_train_resume_zero2_export(tiny_shard, tokenizer_dir, tmp
     np.testing.assert_allclose(results["zero2"], full, rtol=1e-5)
     # Exported HF model vs the engine's own forward on the same batch.
     np.testing.assert_allclose(results["hf_logits"], results["engine_logits"], atol=1e-5)
+    # The completion record (written after the barrier) lists both ranks' files with sizes.
+    step = tmp_path / "full" / "checkpoints" / "global_step8"
+    files = json.loads((step / "complete.json").read_text())["files"]
+    for rank in (0, 1):
+        for name in (f"rng_rank{rank}.pt", f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+                     f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt"):  # fmt: skip
+            assert files[name] == (step / name).stat().st_size > 0
