@@ -12,11 +12,16 @@ export PYTHONUNBUFFERED = 1
 
 .PHONY: install demo test lint format clean
 
-$(VENV)/.installed: pyproject.toml requirements.txt
+# constraints.txt pins every package to the versions the tests pass with (reproducible installs);
+# CONSTRAINTS= (empty) installs the newest versions requirements.txt allows instead.
+CONSTRAINTS ?= -c constraints.txt
+
+$(VENV)/.installed: pyproject.toml requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) $(TORCH) -r requirements.txt
+	$(PY) -m pip install $(PIP_FLAGS) $(CONSTRAINTS) $(TORCH) -r requirements.txt
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
+	$(PY) -m megatron_bliss.engine.versions
 	touch $@
 
 install: $(VENV)/.installed

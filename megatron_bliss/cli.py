@@ -1,12 +1,15 @@
 """The ``megatron-bliss`` console entry point: parses arguments and calls the package.
 
 Each subcommand lives in the module that owns the feature and exposes two functions,
-``add_arguments(parser)`` and ``run(args) -> int``; this file only lists them.
+``add_arguments(parser)`` and ``run(args) -> int``; this file only lists them, adds
+``--trust-checkpoint`` to the commands that read DeepSpeed checkpoints by path, and turns errors
+into exit codes (``exit_codes``: 2 with one line for bad input, 75 for an interrupted stage).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -35,6 +38,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+TRUST_CHECKPOINT = ("export-hf", "select")  # commands that read DeepSpeed checkpoints by path
+TRUST_HELP = (
+    "load DeepSpeed checkpoints with the full unpickler, which runs any code stored in them "
+    "(default: weights-only loading of DeepSpeed's own types; anything else is refused)"
+)
+
 DESCRIPTION = (
     "LLM pretraining with model-based data selection: preprocess a corpus, pretrain with DeepSpeed, "
     "select data (BLISS, Influence Distillation, MATES, DSIR, perplexity, random), evaluate, report."
@@ -51,6 +60,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         if name == wanted:
             importlib.import_module(module_name).add_arguments(sub)
             sub.set_defaults(module=module_name)
+            if name in TRUST_CHECKPOINT:
+                sub.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return parser
 
 
@@ -59,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser(argv).parse_args(argv)
     try:
-        return int(importlib.import_module(args.module).run(args) or 0)
+        with _trusting(getattr(args, "trust_checkpoint", False)):
+            return int(importlib.import_module(args.module).run(args) or 0)
     except Interrupted as stopped:  # a signal, after a checkpoint: rerunning continues
         print(f"megatron-bliss {args.command}: {stopped}", file=sys.stderr)
         return exit_codes.INTERRUPTED
@@ -67,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("megatron_bliss").debug("error", exc_info=True)
         print(f"megatron-bliss {args.command}: error: {error}", file=sys.stderr)
         return exit_codes.BAD_INPUT
+
+
+def _trusting(trust: bool):
+    """``--trust-checkpoint`` for every checkpoint the command reads (torch imported only then)."""
+    if not trust:
+        return contextlib.nullcontext()
+    from megatron_bliss.engine.safe_load import trusting
+
+    return trusting(True)
 
 
 if __name__ == "__main__":

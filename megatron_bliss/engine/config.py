@@ -9,6 +9,7 @@ or model exists (batch arithmetic, context length, precision vs device) and rais
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,7 @@ def validate_static(config: PretrainConfig, where: str = "config") -> None:
             f"{where}: data.seq_length={config.data.seq_length} is longer than the model's "
             f"context ({context} positions of preset {config.model.preset})"
         )
+    check_optimizer(config, where)
     if config.schedule.warmup_steps < 0 or config.schedule.decay_steps < 0:
         raise ConfigError(f"{where}: schedule warmup_steps/decay_steps must be >= 0")
     if config.checkpoint.keep_last < 1:
@@ -274,6 +276,29 @@ def validate_static(config: PretrainConfig, where: str = "config") -> None:
     for source in config.data.all_sources():
         if not source.prefix:
             raise ConfigError(f"{where}: a data source has an empty prefix")
+
+
+def check_optimizer(config: PretrainConfig, where: str) -> None:
+    """Values torch would take (a negative min_lr runs gradient ascent near the end of a cosine
+    schedule) or reject in its own words without the key: one line naming the key instead."""
+    optimizer, schedule = config.optimizer, config.schedule
+    rules = {
+        "optimizer.lr": (optimizer.lr, optimizer.lr > 0, "must be > 0"),
+        "optimizer.min_lr": (
+            optimizer.min_lr,
+            0 <= optimizer.min_lr <= optimizer.lr,
+            f"must be in [0, optimizer.lr={optimizer.lr}]",
+        ),
+        "optimizer.weight_decay": (optimizer.weight_decay, optimizer.weight_decay >= 0, ">= 0"),
+        "optimizer.beta1": (optimizer.beta1, 0 <= optimizer.beta1 < 1, "must be in [0, 1)"),
+        "optimizer.beta2": (optimizer.beta2, 0 <= optimizer.beta2 < 1, "must be in [0, 1)"),
+        "optimizer.eps": (optimizer.eps, optimizer.eps > 0, "must be > 0"),
+        "schedule.lr_multiplier": (schedule.lr_multiplier, schedule.lr_multiplier > 0, "> 0"),
+    }
+    for key, (value, valid, rule) in rules.items():
+        if not (valid and math.isfinite(value)):
+            rule = rule if rule.startswith("must") else f"must be {rule}"
+            raise ConfigError(f"{where}: {key}={value} {rule}")
 
 
 def resolve_device(config: PretrainConfig) -> str:

@@ -3,7 +3,12 @@
 The fp32 master weights are consolidated with DeepSpeed's ``zero_to_fp32`` reader (any ZeRO stage),
 loaded strictly into a model built from the full config stored in the checkpoint's ``meta.json``
 (every dimension explicit, the padded vocabulary kept), and saved as safetensors with the run's
-tokenizer. ``load_model`` gives the same model in memory, from an HF dir or a checkpoint.
+tokenizer. ``load_model`` gives the same model in memory, from an HF dir or a checkpoint (how
+``select --target-model`` reads one).
+
+The checkpoint is verified first (``checkpoint_integrity``: a checkpoints dir gives its newest
+complete step folder) and its shards are read weights-only (``safe_load``): a file that needs
+any other type is refused with one line unless ``trust`` (``--trust-checkpoint``).
 
     megatron-bliss export-hf --checkpoint RUN_DIR/checkpoints --output RUN_DIR/hf
 """
@@ -18,20 +23,24 @@ from pathlib import Path
 import torch
 
 from megatron_bliss.engine.checkpoint import read_meta, resolve_checkpoint
+from megatron_bliss.engine.safe_load import checkpoint_reading
 from megatron_bliss.models.loading import is_hf_directory, model_from_state_dict
 
 logger = logging.getLogger(__name__)
 
 
-def consolidated_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+def consolidated_state_dict(
+    checkpoint_dir: Path, tag: str, trust: bool | None = None
+) -> dict[str, torch.Tensor]:
     """fp32 weights of every parameter, gathered from the ranks' ZeRO shards.
 
-    DeepSpeed's shard files pickle optimizer objects, so its reader cannot use
-    ``weights_only=True``; only checkpoints this project wrote should be passed here.
+    DeepSpeed's reader unpickles optimizer objects with the full unpickler; inside
+    ``checkpoint_reading`` those loads are weights-only with DeepSpeed's allow-list instead.
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    with checkpoint_reading(trust):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
     return {name: tensor.float().contiguous() for name, tensor in state.items()}
 
 
@@ -46,16 +55,19 @@ def model_config_of(meta: dict, checkpoint_dir: Path, tag: str) -> dict:
     return config
 
 
-def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint_model(
+    path: str | Path, trust: bool | None = None
+) -> tuple[torch.nn.Module, dict]:
     checkpoint_dir, tag = resolve_checkpoint(path)
     meta = read_meta(checkpoint_dir, tag)
     config = model_config_of(meta, checkpoint_dir, tag)
-    state = consolidated_state_dict(checkpoint_dir, tag)
+    state = consolidated_state_dict(checkpoint_dir, tag, trust)
     return model_from_state_dict(config, state), meta
 
 
-def load_model(path: str | Path) -> torch.nn.Module:
-    """A causal LM for inference from an HF directory or a DeepSpeed checkpoint (fp32, eval)."""
+def load_model(path: str | Path, trust: bool | None = None) -> torch.nn.Module:
+    """A causal LM for inference from an HF directory or a DeepSpeed checkpoint (fp32, eval);
+    ``trust`` None: the command's ``--trust-checkpoint`` (``safe_load.trusting``)."""
     path = Path(path)
     if is_hf_directory(path):
         from transformers import AutoModelForCausalLM
@@ -66,7 +78,7 @@ def load_model(path: str | Path) -> torch.nn.Module:
         return model.eval()
     if not path.exists():
         raise FileNotFoundError(f"{path}: model path not found")
-    model, _ = load_checkpoint_model(path)
+    model, _ = load_checkpoint_model(path, trust)
     return model
 
 
@@ -74,7 +86,7 @@ def checkpoint_tokenizer(checkpoint: str | Path) -> str | None:
     """The tokenizer a DeepSpeed checkpoint's run used (its copy in the run directory, else the
     one named in the checkpoint's metadata), or None when it cannot be told."""
     try:
-        checkpoint_dir, tag = resolve_checkpoint(checkpoint)
+        checkpoint_dir, tag = resolve_checkpoint(checkpoint, verify=False)  # metadata only
         return _tokenizer_source(read_meta(checkpoint_dir, tag), checkpoint_dir, None)
     except (FileNotFoundError, ValueError):
         return None
@@ -101,7 +113,12 @@ def check_output(output: Path) -> None:
         )
 
 
-def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | None = None) -> Path:
+def export_hf(
+    checkpoint: str | Path,
+    output: str | Path,
+    tokenizer: str | None = None,
+    trust: bool | None = None,
+) -> Path:
     """Write ``output`` (config.json, model.safetensors, tokenizer) atomically; returns it."""
     from megatron_bliss.data.tokenizer import load_tokenizer
 
@@ -114,7 +131,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | None 
     # Loaded before the (slow) consolidation, with the project's loader: a directory, hub name,
     # tokenizers *.json or sentencepiece *.model, and one-line errors.
     loaded_tokenizer = load_tokenizer(source) if source else None
-    model = model_from_state_dict(config, consolidated_state_dict(checkpoint_dir, tag))
+    model = model_from_state_dict(config, consolidated_state_dict(checkpoint_dir, tag, trust))
     model.config.dtype = torch.float32
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp"

@@ -97,6 +97,6 @@ def _refusal(error: pickle.UnpicklingError) -> str:
     text = str(error)
     found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
     if found:
-        return f"it needs {found.group(1)}, not a type DeepSpeed checkpoints hold"
+        return f"it needs {found.group(1)}, not one of the types DeepSpeed checkpoints hold"
     detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
     return f"not a weights-only pickle ({detail[0] if detail else 'unsupported content'})"

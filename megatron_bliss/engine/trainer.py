@@ -62,6 +62,7 @@ from megatron_bliss.engine.metrics import (
 from megatron_bliss.engine.optimizer_state import require_subset_layers, save_adam_state
 from megatron_bliss.engine.profiling import StepProfiler
 from megatron_bliss.engine.schedules import learning_rate
+from megatron_bliss.engine.versions import check_deepspeed_version
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_sca
 def pretrain(config: PretrainConfig, hooks: Hooks | None = None) -> dict[str, Any]:
     """Train one stage as configured; returns the summary (also written to RUN_DIR/summary.json)."""
     validate_static(config)
+    check_deepspeed_version()  # the checkpoint workarounds follow DeepSpeed's internals
     device_type = resolve_device(config)
     precision = resolve_precision(config, device_type)
     context = init_distributed(device_type)

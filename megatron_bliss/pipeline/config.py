@@ -86,6 +86,8 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = 
     for name in ("warmup_fraction", "fraction"):
         if not 0 < getattr(config, name) <= 1:
             raise ConfigError(f"{where}: {name} must be in (0, 1], got {getattr(config, name)}")
+    if not config.lr_round_factor > 0:  # a negative factor would flip the LR's sign per round
+        raise ConfigError(f"{where}: lr_round_factor must be > 0, got {config.lr_round_factor}")
     if "run_dir" in config.pretrain or "run_dir" in config.select:
         raise ConfigError(f"{where}: run directories are set by the pipeline (remove run_dir)")
     return config

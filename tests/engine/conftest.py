@@ -42,3 +42,23 @@ def make_config(tiny_shard, tokenizer_dir, tmp_path):
         return load_pretrain_config(None, overrides)
 
     return make
+
+
+CHECKPOINTED_STEPS = {
+    "train.train_steps": 4,
+    "checkpoint.save_interval": 2,
+    "checkpoint.keep_last": 3,
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_shard, tokenizer_dir, tmp_path_factory):
+    """A finished 4-step run with checkpoints at steps 2 and 4 (ZeRO-3, one rank); tests that
+    damage it work on a copy."""
+    from megatron_bliss.engine.config import load_pretrain_config
+    from megatron_bliss.engine.trainer import pretrain
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    overrides = tiny_overrides(tiny_shard, tokenizer_dir, run_dir, **CHECKPOINTED_STEPS)
+    pretrain(load_pretrain_config(None, overrides))
+    return run_dir

@@ -32,6 +32,11 @@ BASE = ["data.prefix=shard"]
         (["train.precision=fp8"], "train.precision"),
         (["model.preset=gpt-9"], "unknown"),
         ([], "no training data"),
+        (["optimizer.min_lr=-1"], r"optimizer\.min_lr=-1\.0 must be in \[0, optimizer\.lr"),
+        (["optimizer.lr=-0.001"], r"optimizer\.lr=-0\.001 must be > 0"),
+        (["optimizer.lr=0.001", "optimizer.min_lr=0.01"], r"optimizer\.min_lr=0\.01"),
+        (["optimizer.eps=0"], r"optimizer\.eps=0\.0 must be > 0"),
+        (["schedule.lr_multiplier=-0.5"], r"schedule\.lr_multiplier=-0\.5 must be > 0"),
     ],
 )
 def test_config_errors_are_one_line(overrides, message):

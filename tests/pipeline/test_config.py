@@ -18,6 +18,7 @@ SHARDS = ["shards=[s0, s1]", "num_rounds=1"]
         ("fraction=1.5", r"fraction must be in \(0, 1\]"),
         ("warmup_fraction=0", r"warmup_fraction must be in \(0, 1\]"),
         ("pretrain.run_dir=x", "run directories are set by the pipeline"),
+        ("lr_round_factor=-0.5", "lr_round_factor must be > 0"),
     ],
 )
 def test_checks_apply_to_both_shard_sources(source, override, message):
