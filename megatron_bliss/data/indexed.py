@@ -4,12 +4,16 @@ The upstream builder keeps document sizes in Python lists (~36 bytes per documen
 which is what makes Megatron-LM preprocessing run out of memory on large corpora. This subclass
 stores them in typed arrays (4 + 8 bytes per document) and writes the ``.idx`` with numpy, byte
 for byte what the upstream ``finalize`` writes (the tests compare both).
+
+Writers build ``PREFIX.tmp<PID>.bin/.idx`` and rename them when finished (``commit_outputs``);
+``remove_stale_temporaries`` deletes those a killed run left behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import warnings
 from array import array
@@ -18,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_bliss.utils.dirs import ensure_dir
+
+logger = logging.getLogger(__name__)
 
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 logging.getLogger("megatron.core").setLevel(logging.WARNING)  # import-time INFO chatter
@@ -96,6 +102,30 @@ def remove_outputs(prefix: str) -> None:
     for suffix in (".bin", ".idx"):
         if os.path.exists(prefix + suffix):
             os.remove(prefix + suffix)
+
+
+TEMPORARY_SUFFIX = re.compile(r"\.tmp(\d+)\.(bin|idx)")
+
+
+def remove_stale_temporaries(final: str) -> None:
+    """Delete ``FINAL.tmp<PID>.bin/.idx`` left by runs that were killed (kill -9 runs no cleanup):
+    those whose process no longer exists on this machine. A live PID's files are another run's."""
+    name = Path(final).name
+    for path in Path(final).parent.glob(name + ".tmp*"):
+        match = TEMPORARY_SUFFIX.fullmatch(path.name[len(name) :])
+        if match and not _alive(int(match.group(1))):
+            logger.info("removing %s (left by process %s, which has ended)", path, match.group(1))
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def make_output_parent(prefix: str) -> None:

@@ -20,8 +20,9 @@ from megatron_bliss.data.indexed import (
     commit_outputs,
     make_output_parent,
     remove_outputs,
+    remove_stale_temporaries,
 )
-from megatron_bliss.data.pool import require_indexed_files
+from megatron_bliss.data.pool import check_index_file, require_indexed_files
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def _dtype_of(prefix: str) -> np.dtype:
     from megatron.core.datasets.indexed_dataset import _IndexReader
 
     require_indexed_files(prefix)
+    check_index_file(prefix)
     return np.dtype(_IndexReader(prefix + ".idx", multimodal=False).dtype)
 
 
@@ -80,6 +82,7 @@ def merge_datasets(prefixes: list[str], output_prefix: str, manifest: dict | Non
     dtype = dtypes[prefixes[0]]
     check_same_tokenizer(prefixes)
     make_output_parent(output_prefix)
+    remove_stale_temporaries(output_prefix)
     temporary = f"{output_prefix}.tmp{os.getpid()}"
     builder = CompactIndexedDatasetBuilder(temporary + ".bin", dtype=dtype)
     try:

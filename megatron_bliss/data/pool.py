@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -28,12 +29,36 @@ def require_indexed_files(prefix: str, what: str = "indexed dataset file", hint:
             )
 
 
+INDEX_MAGIC = b"MMIDIDX\x00\x00"
+INDEX_HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequences, documents
+
+
+def check_index_file(prefix: str) -> None:
+    """One line naming a ``.idx`` that is not a complete MMIDIDX index. megatron-core's reader
+    fails on one with numpy's ``buffer is smaller than requested size`` (no file named) and then
+    a second traceback from its ``__del__``; the header says how long the file must be."""
+    path = prefix + ".idx"
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        header = handle.read(INDEX_HEADER.size)
+    if len(header) < INDEX_HEADER.size or not header.startswith(INDEX_MAGIC):
+        raise ValueError(f"{path}: not a Megatron indexed dataset index (no MMIDIDX header)")
+    _, _, _, sequences, documents = INDEX_HEADER.unpack(header)
+    expected = INDEX_HEADER.size + 12 * sequences + 8 * documents  # int32 + int64, int64
+    if size < expected:
+        raise ValueError(
+            f"{path}: truncated index ({size} bytes; its header describes {sequences} sequences "
+            f"in {expected} bytes); rebuild the dataset"
+        )
+
+
 def _open_indexed(prefix: str):
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     logging.getLogger("megatron.core").setLevel(logging.WARNING)  # per-open INFO chatter
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     require_indexed_files(prefix)
+    check_index_file(prefix)
     return IndexedDataset(prefix, mmap=True)
 
 
@@ -71,6 +96,11 @@ class SequencePool:
             np.concatenate([[0], np.cumsum(self.document_lengths[:-1])]) * self.dtype.itemsize
         )
         bin_size = os.path.getsize(self.prefix + ".bin")
+        if bin_size < self.num_tokens * self.dtype.itemsize:
+            raise ValueError(
+                f"{self.prefix}.bin: truncated ({bin_size} bytes; the index describes "
+                f"{self.num_tokens * self.dtype.itemsize}); rebuild the dataset"
+            )
         if (
             not np.array_equal(pointers, expected)
             or bin_size != self.num_tokens * self.dtype.itemsize

@@ -30,8 +30,15 @@ from megatron_bliss.data.indexed import (
     commit_outputs,
     make_output_parent,
     remove_outputs,
+    remove_stale_temporaries,
 )
-from megatron_bliss.data.readers import Batch, expand_inputs, is_encodable, iter_batches
+from megatron_bliss.data.readers import (
+    BadLine,
+    Batch,
+    expand_inputs,
+    is_encodable,
+    iter_batches,
+)
 from megatron_bliss.data.tokenizer import (
     DocumentEncoder,
     TokenizerSpec,
@@ -150,7 +157,9 @@ def batch_records(batch: Batch, keys: list[str]) -> Iterator[tuple[int, list[str
     """(line number, texts or error) for every non-blank record of a batch."""
     if batch.lines is not None:
         for offset, line in enumerate(batch.lines):
-            if line.strip():
+            if isinstance(line, BadLine):  # undecodable bytes: what is wrong, as for bad JSON
+                yield batch.first_line + offset, str(line)
+            elif line.strip():
                 parsed = _parse_line(line)
                 texts = parsed if isinstance(parsed, str) else _record_texts(parsed, keys)
                 yield batch.first_line + offset, texts
@@ -227,6 +236,8 @@ class ShardWriters:
         }
         self.temporary = {name: f"{path}.tmp{os.getpid()}" for name, path in self.final.items()}
         make_output_parent(prefix)
+        for path in self.final.values():
+            remove_stale_temporaries(path)
         self.builders = {
             name: CompactIndexedDatasetBuilder(path + ".bin", dtype=dtype)
             for name, path in self.temporary.items()
@@ -262,6 +273,17 @@ class ShardWriters:
             if not builder.data_file.closed:
                 builder.data_file.close()
             remove_outputs(self.temporary[name])
+
+
+def warn_replaced_outputs(context: RunContext) -> None:
+    """Say so when this run will replace a finished dataset (at start, not after hours)."""
+    options = context.options
+    shards = [None] if options.shards == 1 else list(range(options.shards))
+    for key in context.setup.keys:
+        for shard in shards:
+            final = output_name(options.output_prefix, key, shard)
+            if os.path.exists(final + ".idx") or os.path.exists(final + ".bin"):
+                logger.warning("%s.bin/.idx exist: this run replaces them when it finishes", final)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -435,6 +457,7 @@ def run_preprocess(options: PreprocessOptions) -> dict:
         raise ValueError("--workers, --shards, --partitions and --batch-size must be at least 1")
     make_output_parent(options.output_prefix)  # before any work: a bad prefix fails at once
     context = make_context(options)
+    warn_replaced_outputs(context)
     logger.info(
         "preprocess: %d input file(s), tokenizer %s (%d tokens, %s), eod %s, %d worker(s)",
         len(paths),

@@ -103,14 +103,19 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
-def _decode(raw: bytes, path: Path, line_number: int) -> str:
+class BadLine(str):
+    """A line that could not be read as text, holding what is wrong with it: it travels with the
+    batch like any line, so it stops the run as ``FILE:LINE: ...`` or is skipped and counted
+    with ``--skip-bad-lines``, like a line of malformed JSON."""
+
+
+def _decode(raw: bytes, line_number: int) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path}:{line_number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte "
-            f"{error.start + 1} of the line)"
-        ) from None
+        return BadLine(
+            f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
+        )
     return text[1:] if line_number == 1 and text.startswith("\ufeff") else text  # a BOM
 
 
@@ -175,7 +180,8 @@ def _archive_errors() -> tuple[type[BaseException], ...]:
 
 
 def iter_json_batches(path: Path, batch_lines: int, batch_bytes: int) -> Iterator[Batch]:
-    """Raw lines in batches; a corrupt archive or bad UTF-8 is one ``FILE:LINE`` error."""
+    """Raw lines in batches (bad UTF-8 as a ``BadLine``); a corrupt archive is one
+    ``FILE:LINE`` error."""
     line_number = 0
     lines: list[str] = []
     size = 0
@@ -183,7 +189,7 @@ def iter_json_batches(path: Path, batch_lines: int, batch_bytes: int) -> Iterato
         with _open_binary(path) as handle:
             for raw in handle:
                 line_number += 1
-                line = _decode(raw, path, line_number)
+                line = _decode(raw, line_number)
                 lines.append(line)
                 size += len(line)
                 if len(lines) >= batch_lines or size >= batch_bytes:

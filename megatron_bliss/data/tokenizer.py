@@ -234,6 +234,38 @@ def tokenizer_hash(tokenizer) -> str:
     return digest.hexdigest()
 
 
+def check_dataset_tokenizer(prefix: str, tokenizer, name: str) -> None:
+    """Stop when the manifest beside a dataset says another tokenizer made it: its ids would be
+    trained (and exported) as if they were this tokenizer's. The hash of the full definition
+    decides; when it differs, the recorded tokenizer is loaded if it can be, and the same
+    vocabulary and end-of-document token pass (one tokenizer read from a directory and from its
+    JSON file can hash differently). Datasets without a manifest cannot be checked."""
+    manifest = Path(prefix + ".json")
+    try:
+        record = json.loads(manifest.read_text())
+        recorded = record.get("tokenizer_hash")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not recorded or recorded == tokenizer_hash(tokenizer):
+        return
+    made_with = record.get("tokenizer") or recorded[:12]
+    if _same_vocabulary(made_with, tokenizer):
+        return
+    raise ValueError(
+        f"{manifest}: {prefix} was tokenized with {made_with} ({record.get('vocab_size')} "
+        f"tokens), not with data.tokenizer={name} ({len(tokenizer)} tokens, another vocabulary); "
+        "pass the dataset's tokenizer or re-tokenize the data"
+    )
+
+
+def _same_vocabulary(recorded: str, tokenizer) -> bool:
+    try:
+        other = load_tokenizer(recorded)
+    except Exception:  # gone, or a hub name offline: the hashes alone decide
+        return False
+    return other.get_vocab() == tokenizer.get_vocab() and other.eos_token == tokenizer.eos_token
+
+
 class DocumentEncoder:
     """Encodes batches of texts to token ids exactly like ``tokenizer.encode`` one at a time.
 

@@ -267,9 +267,13 @@ class TrainingStage:
         name = self.config.data.tokenizer
         if not name:
             return None
-        from megatron_bliss.data.tokenizer import load_tokenizer
+        from megatron_bliss.data.tokenizer import check_dataset_tokenizer, load_tokenizer
 
         tokenizer = load_tokenizer(name)  # HF dir or hub name, tokenizers *.json, spm *.model
+        data = self.config.data
+        for prefix in [s.prefix for s in data.all_sources()] + [data.valid_prefix or ""]:
+            if prefix:  # before the copy into RUN_DIR: a wrong tokenizer is never exported
+                check_dataset_tokenizer(prefix, tokenizer, name)
         if self.context.is_main:
             target = self.run_dir / "tokenizer"
             temporary = self.run_dir / ".tokenizer.tmp"

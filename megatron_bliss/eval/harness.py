@@ -44,6 +44,19 @@ def not_a_model_reason(path: Path) -> str:
     return "not a Hugging Face model directory (no config.json)"
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def require_tokenizer_files(model_dir: Path) -> None:
+    """lm-eval loads the tokenizer from the model directory and, without one, dies in an
+    ``AssertionError`` of its own: say what is missing and how to add it instead."""
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); export with "
+            "megatron-bliss export-hf --tokenizer TOK, or save the tokenizer into the directory"
+        )
+
+
 def parse_task_list(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"a,b"`` or ``["a", "b"]`` -> known task names, in order, without duplicates."""
     names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
@@ -159,6 +172,7 @@ def evaluate_model(
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: {not_a_model_reason(model_dir)}")
+    require_tokenizer_files(model_dir)
     names = parse_task_list(tasks)
     if output:  # before the (slow) evaluation
         check_dir_creatable(Path(output).parent, "--output folder")

@@ -24,6 +24,15 @@ def check_selection_settings(fraction: float, gumbel_temperature: float = 0.0) -
         raise ValueError(f"gumbel_temperature must be >= 0, got {gumbel_temperature}")
 
 
+def check_keeps_some(fraction: float, num_sequences: int) -> None:
+    """An empty selection trains on nothing: refuse a fraction that keeps no sequence."""
+    if num_sequences and math.floor(fraction * num_sequences) == 0:
+        raise ValueError(
+            f"fraction {fraction} of {num_sequences} sequences keeps none "
+            f"(floor({fraction} x {num_sequences}) = 0); use at least {1 / num_sequences:.3g}"
+        )
+
+
 def select_top_fraction(
     scores: np.ndarray, fraction: float, seed: int = 0, gumbel_temperature: float = 0.0
 ) -> np.ndarray:
@@ -32,6 +41,7 @@ def select_top_fraction(
     scores = np.asarray(scores, dtype=np.float64)
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
+    check_keeps_some(fraction, len(scores))
     k = math.floor(fraction * len(scores))
     ranked = scores
     if gumbel_temperature > 0:
@@ -67,14 +77,15 @@ def write_selection(
     gumbel_temperature: float = 0.0,
     extra: dict[str, Any] | None = None,
     scores_name: str = "scores.npy",
+    selection_name: str = "selection.npy",
 ) -> np.ndarray:
-    """Write ``scores.npy`` (or ``scores_name``), ``selection.npy`` and ``selection.json`` into
-    ``out_dir``."""
+    """Write ``scores.npy`` (or ``scores_name``), ``selection.npy`` (or ``selection_name``) and
+    the ``.json`` of the same name into ``out_dir``."""
     out_dir = Path(out_dir)
     scores = np.asarray(scores, dtype=np.float32)
     selection = select_top_fraction(scores, fraction, seed, gumbel_temperature)
     atomic_save_npy(out_dir / scores_name, scores)
-    atomic_save_npy(out_dir / "selection.npy", selection)
+    atomic_save_npy(out_dir / selection_name, selection)
     meta = {
         "method": method,
         "fraction": fraction,
@@ -87,5 +98,5 @@ def write_selection(
         **score_statistics(scores, selection),
         **(extra or {}),
     }
-    atomic_write_json(out_dir / "selection.json", meta)
+    atomic_write_json((out_dir / selection_name).with_suffix(".json"), meta)
     return selection

@@ -11,7 +11,8 @@ benchmarks/selection_cost.py). Data-parallel over
 ranks (torchrun) or independent processes (``--rank/--world-size``): chunk ``k`` of
 ``--chunk-size`` sequences belongs to rank ``k % world``. Every finished chunk is saved atomically
 under ``OUT.parts/``, so a killed run resumes where it stopped; the last step merges the chunks
-into ``scores.npy`` (and, with ``--fraction``, ``selection.npy/.json`` beside it).
+into ``scores.npy`` (and, with ``--fraction``, ``selection.npy/.json`` beside it; for any other
+``--out NAME.npy``, ``NAME.selection.npy/.json``, so runs sharing a folder keep their own).
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def score_shard(
     from megatron_bliss.selection.score_model import load_score_model, read_meta
 
     check_positive(seq_length=seq_length, batch_size=batch_size, chunk_size=chunk_size)
+    check_out_file(Path(out))
     check_dir_creatable(_parts_dir(Path(out)), "--out folder")
     rank = hg.rank() if rank is None else rank
     world = hg.world_size() if world is None else world
@@ -227,6 +229,21 @@ def score_shard(
         if rank != 0:
             return None
     return _merge(parts, out, chunks)
+
+
+def check_out_file(out: Path) -> None:
+    """``--out`` names the scores file; a directory there would fail only after all the
+    scoring, when the merged scores are written."""
+    if out.is_dir():
+        raise ValueError(
+            f"{out}: --out is a directory; name the scores file, e.g. {out}/scores.npy"
+        )
+
+
+def selection_name(out: Path) -> str:
+    """``selection.npy`` beside ``scores.npy`` (CONTRACT.md), ``NAME.selection.npy`` beside any
+    other ``NAME.npy``: two runs scoring into one folder keep both selections."""
+    return "selection.npy" if out.name == "scores.npy" else f"{out.stem}.selection.npy"
 
 
 def _chunk_len(k: int, chunk_size: int, total: int) -> int:
@@ -285,11 +302,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_bliss.selection.rule import check_selection_settings, write_selection
+    from megatron_bliss.selection.rule import (
+        check_keeps_some,
+        check_selection_settings,
+        write_selection,
+    )
     from megatron_bliss.selection.score_model import read_meta
 
-    if args.fraction is not None:
+    check_out_file(Path(args.out))
+    meta = None
+    if args.fraction is not None:  # every check before the (long) scoring
         check_selection_settings(args.fraction, args.gumbel_temperature)
+        meta = read_meta(args.scorer)
+        seq_length = args.seq_length or int(meta["seq_length"])
+        check_keeps_some(args.fraction, len(SequencePool(args.data_prefix, seq_length)))
     init_distributed_from_env()
     scores = score_shard(
         args.scorer, args.data_prefix, args.out, seq_length=args.seq_length,
@@ -298,14 +324,13 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if scores is None:
         return 0
-    if args.fraction is not None:
-        meta = read_meta(args.scorer)
-        seq_length = args.seq_length or int(meta["seq_length"])  # checked >= 1
+    if meta is not None:
         write_selection(
             Path(args.out).parent, scores, method=meta.get("method", "bliss"),
             fraction=args.fraction, data_prefix=args.data_prefix, seq_length=seq_length,
             seed=args.seed, gumbel_temperature=args.gumbel_temperature,
             scores_name=Path(args.out).name,  # never a second scores.npy beside --out
+            selection_name=selection_name(Path(args.out)),
         )  # fmt: skip
     logger.info("wrote %s (%d scores)", args.out, len(scores))
     return 0

@@ -218,8 +218,12 @@ def test_eval_rejects_unusable_limit_and_batch_size_before_loading(tmp_path, cap
     assert f"argument {flag}:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["missing", "checkpoint", "other"])
-def test_eval_on_something_that_is_not_a_model_says_what_it_is(tmp_path, capsys, kind):
+@pytest.mark.parametrize("kind", ["missing", "checkpoint", "other", "no tokenizer"])
+def test_eval_on_something_that_is_not_a_model_says_what_it_is(
+    tmp_path, capsys, kind, tiny_model_dir
+):
+    import shutil
+
     from megatron_bliss.cli import main
 
     model = tmp_path / "m"
@@ -228,9 +232,13 @@ def test_eval_on_something_that_is_not_a_model_says_what_it_is(tmp_path, capsys,
         (model / "checkpoints" / "latest").write_text("global_step2")
     elif kind == "other":
         model.mkdir()
+    elif kind == "no tokenizer":  # a model saved without one: lm-eval would fail in an assert
+        model.mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(tiny_model_dir / name, model / name)
     argv = ["eval", "--model", str(model), "--tasks", "piqa", "--output", str(tmp_path / "e.json")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     expected = {"missing": "model directory not found", "checkpoint": "export-hf --checkpoint",
-                "other": "no config.json"}  # fmt: skip
+                "other": "no config.json", "no tokenizer": "no tokenizer files"}  # fmt: skip
     assert len(err.splitlines()) == 1 and expected[kind] in err
