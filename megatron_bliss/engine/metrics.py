@@ -1,8 +1,8 @@
 """Training metrics: FLOPs per token, MFU against a device peak, and the metric sinks.
 
-FLOPs per trained token follow the PaLM appendix (as nanoGPT's ``estimate_mfu``): ``6 * N`` for
-the matrix multiplies (N = parameters except the input embedding, a lookup) plus ``12 * L * d * T``
-for attention scores and values (L layers, d model width, T sequence length).
+FLOPs per trained token come from the project's one FLOPs model (``models/flops.py``, the PaLM
+appendix): ``6 * M`` for the matrix multiplies (M = parameters except the input embedding, a
+lookup) plus ``12 * L * d * T`` for attention scores and values.
 """
 
 from __future__ import annotations
@@ -32,13 +32,10 @@ GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
 
 
 def flops_per_token(model_config, seq_length: int) -> float:
-    """Training FLOPs (forward + backward) per token: 6N + 12 L d T."""
-    from megatron_bliss.models.presets import count_parameters
+    """Training FLOPs (forward + backward) per token: 6M + 12 L d T (``models/flops.py``)."""
+    from megatron_bliss.models.flops import training_flops_per_token
 
-    total = count_parameters(model_config)
-    non_embedding = total - model_config.vocab_size * model_config.hidden_size
-    attention = 12 * model_config.num_hidden_layers * model_config.hidden_size * seq_length
-    return 6.0 * non_embedding + attention
+    return training_flops_per_token(model_config, seq_length)
 
 
 def device_peak_flops(

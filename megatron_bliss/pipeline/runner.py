@@ -109,9 +109,9 @@ class Pipeline:
                 round_dir, scores, method="random", fraction=c.warmup_fraction,
                 data_prefix=c.shards[0], seq_length=c.seq_length, seed=c.seed,
             )  # fmt: skip
-            select.complete({"flops": 0.0})
+            select.complete({"flops": {}})
         train = self._train(0, select.hash, c.warmup_steps, lr_multiplier=1.0, load=None)
-        return self._finish_round(0, train, selection_flops=0.0)
+        return self._finish_round(0, train, selection_flops={})
 
     def _round(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
         c = self.config
@@ -128,9 +128,9 @@ class Pipeline:
         steps = c.warmup_steps + r * c.round_steps
         multiplier = c.lr_round_factor**r
         train = self._train(r, select.hash, steps, multiplier, load=previous["checkpoints"])
-        return self._finish_round(r, train, selection_flops=select.result().get("flops", 0.0))
+        return self._finish_round(r, train, selection_flops=select.result().get("flops", {}))
 
-    def _finish_round(self, r: int, train: dict[str, Any], selection_flops: float):
+    def _finish_round(self, r: int, train: dict[str, Any], selection_flops: dict[str, float]):
         """Optional decay branch, then evaluation of this round's model."""
         c = self.config
         evaluated, evaluated_hash = train["checkpoints"], train["hash"]
@@ -145,7 +145,7 @@ class Pipeline:
             "checkpoints": train["checkpoints"],
             "train_hash": train["hash"],
             "tokens": train["consumed_tokens"],
-            "flops": {"target_training": train["flops"], "selection": selection_flops},
+            "flops": {"target_training": train["flops"], **_selection_flops(selection_flops)},
         }
 
     # ------------------------------------------------------------------ stages
@@ -171,7 +171,7 @@ class Pipeline:
         if (work_dir / "proxy_warmup").exists() and not (self.run_dir / "proxy_warmup").exists():
             _replace(work_dir / "proxy_warmup", self.run_dir / "proxy_warmup")
         meta = json.loads((round_dir / "selection.json").read_text())
-        return {"flops": float(meta.get("flops", 0.0)), "num_selected": meta["num_selected"]}
+        return {"flops": meta.get("flops_by_kind", {}), "num_selected": meta["num_selected"]}
 
     def _select_dict(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
         """SelectConfig values for round r: the shared settings plus the round's carry-overs."""
@@ -383,6 +383,17 @@ def _train_result(summary: dict[str, Any], run_dir: Path, previous_tokens: int) 
         "flops": per_token * (tokens - previous_tokens),
         "checkpoints": str(run_dir / "checkpoints"),
         "final_loss": summary.get("final_loss"),
+    }
+
+
+def _selection_flops(by_kind: dict[str, float] | float) -> dict[str, float]:
+    """A selection's FLOPs as the pipeline records them (stage markers of older runs held one
+    total, recorded as selector training)."""
+    if not isinstance(by_kind, dict):
+        by_kind = {"training": float(by_kind)}
+    return {
+        "selector_training": float(by_kind.get("training", 0.0)),
+        "scoring": float(by_kind.get("scoring", 0.0)),
     }
 
 

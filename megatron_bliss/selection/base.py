@@ -3,7 +3,9 @@
 A selector is built from its own config dataclass and a ``SelectionContext`` (what any method may
 need: the candidate pool, the target set, the frozen target model, a tokenizer, a device, a run
 directory). ``fit`` trains whatever the method needs; ``score`` returns one float per pool sequence,
-higher = more useful. ``flops`` reports the compute spent, for equal-compute comparisons.
+higher = more useful. ``flops`` reports the compute spent by kind (``training``: proxies, score
+models, reference models, probes; ``scoring``: passes over the pool), counted with the project's
+one FLOPs model (``models/flops.py``) through ``spend``, for equal-compute comparisons.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class SelectionContext:
     model_preset: str | None = None  # preset of the target (proxies follow its family)
 
 
+FLOP_KINDS = ("training", "scoring")
+
+
 class Selector(ABC):
     """Base class: subclasses define ``name`` and a ``Config`` dataclass."""
 
@@ -40,7 +45,29 @@ class Selector(ABC):
     def __init__(self, config: Any, context: SelectionContext):
         self.config = config
         self.context = context
-        self.flops = 0.0  # model FLOPs spent in fit() and score(), for equal-compute accounting
+        self.flops = dict.fromkeys(FLOP_KINDS, 0.0)  # spent in fit() and score()
+
+    def spend(
+        self,
+        kind: str,
+        model: torch.nn.Module,
+        tokens: float,
+        pass_kind: str = "forward",
+        seq_length: int | None = None,
+        lm_head: bool = True,
+    ) -> None:
+        """Count a ``pass_kind`` pass of ``model`` over ``tokens`` tokens (sequences of
+        ``seq_length``, default the pool's) as ``kind`` FLOPs."""
+        from megatron_bliss.models.flops import pass_flops
+
+        if kind not in FLOP_KINDS:
+            raise ValueError(f"unknown FLOP kind '{kind}' (known: {', '.join(FLOP_KINDS)})")
+        length = seq_length or self.context.pool.seq_length
+        self.flops[kind] += pass_flops(model.config, tokens, length, pass_kind, lm_head)
+
+    @property
+    def total_flops(self) -> float:
+        return float(sum(self.flops.values()))
 
     def fit(self) -> None:  # noqa: B027 - methods without training (random) keep the default
         """Train whatever the method needs (proxies, score models, statistics)."""
@@ -48,6 +75,10 @@ class Selector(ABC):
     @abstractmethod
     def score(self) -> np.ndarray:
         """float32 scores, one per sequence of ``context.pool``; higher = more useful."""
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific facts for ``selection.json`` (e.g. BLISS's diagnostics)."""
+        return {}
 
     def save(self, run_dir: Path) -> None:  # noqa: B027 - only learned scorers save anything
         """Persist a learned scorer under ``run_dir`` (e.g. ``score_model/``)."""

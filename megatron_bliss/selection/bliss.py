@@ -29,13 +29,13 @@ import torch
 
 from megatron_bliss.selection import hypergrad as hg
 from megatron_bliss.selection.base import Selector
+from megatron_bliss.selection.hypergrad import NORMALIZATIONS, normalize_dots
 from megatron_bliss.selection.proxy import (
     build_proxy,
     cosine_with_warmup,
     evaluation,
     family_of,
     lm_logits,
-    parameter_count,
     pool_batch,
     resolve_proxy_preset,
     sdpa_math,
@@ -46,9 +46,20 @@ from megatron_bliss.selection.proxy import (
 )
 from megatron_bliss.selection.score_model import ScoreModel, load_score_model
 from megatron_bliss.selection.scoring import score_pool
-from megatron_bliss.selection.solvers import SOLVERS, SolverSettings, solve
+from megatron_bliss.selection.solvers import NEEDS_HVP, SOLVERS, Direction, SolverSettings
+from megatron_bliss.utils.stats import spearman
 
 logger = logging.getLogger(__name__)
+
+
+VARIANTS = ("default", "paper")
+DOTS = ("auto", "fd", "jvp", "graph")
+PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
+# The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
+PAPER_SETTINGS = {
+    "solver": "paper", "paper_loops": 3, "paper_lr": 1e-2, "lamb": 1e-2, "normalize": "none",
+    "dots": "graph", "upper_batch_size": None,
+}  # fmt: skip
 
 
 class BlissSelector(Selector):
@@ -61,7 +72,9 @@ class BlissSelector(Selector):
         proxy_preset: str = "auto"
         """Proxy/score backbone preset; ``auto``: pythia-160m (Pythia targets), llama-tiny (LLaMA)."""
         proxy_init: str | None = None
-        """Hugging Face directory of the warmed-up proxy (reset point of every round)."""
+        """Hugging Face directory of the warmed-up proxy (reset point of every round), or
+        ``target``: a copy of the frozen target (no proxy warm-up; the proxy has the target's
+        shape, which suits tiny targets and pipelines whose target is already warm)."""
         score_model_init: str | None = None
         """Previous round's ``score_model/`` (carried over); none: warm-up proxy + new head."""
         proxy_warmup_steps: int = 1000
@@ -88,9 +101,31 @@ class BlissSelector(Selector):
         """Weight of KL(target || proxy) per token in the lower objective (scripts/run.sh)."""
         reg: float = 1e-7
         """L2 weight on the proxy's parameters in the lower objective."""
-        solver: str = "identity"
-        """``identity`` (z = grad f), ``cg`` or ``paper``; identity had the best planted-pool AUC
-        per CPU-second (same AUC as cg/paper at ~1/3 of the time; numbers in solvers.py)."""
+        variant: str = "default"
+        """``default``: the measured best settings below; ``paper``: the authors' algorithm
+        exactly (solver ``paper``: z0 = 1/numel, 3 clipped steps of 1e-2, every outer step from
+        scratch; raw ``c_i``; dots by double backward), whatever the keys below say."""
+        solver: str = "adam"
+        """Direction z: ``adam`` (Adam moments of grad f across outer steps), ``identity``
+        (z = grad f), ``cg`` or ``paper`` (solvers of (H + lamb I) z = grad f); see solvers.py."""
+        normalize: str = "standardize"
+        """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
+        ``none`` (raw, as the authors)."""
+        dots: str = "auto"
+        """How ``c_i`` is computed: ``fd`` (central difference of two inference forwards),
+        ``jvp`` (forward-mode AD), ``graph`` (double backward through the lower gradient),
+        ``auto`` (fd unless the solver needs Hessian-vector products, which build the graph)."""
+        upper_batch_size: int | None = None
+        """Pool sequences per outer step whose ``c_i`` trains the score model (none: batch_size).
+        With jvp dots they are cheap, so many more draws per pool sequence fit the same time."""
+        adam_beta1: float = 0.9
+        adam_beta2: float = 0.99
+        adam_eps: float = 1e-8
+        """Moments of the ``adam`` direction (over outer steps)."""
+        diagnostic_sequences: int = 256
+        """After training: Spearman correlation of the score model with the direct alignment
+        ``g_i . z`` it is meant to learn, with the proxy's loss and with the gradient norm, on
+        this many random pool sequences (0: off). Logged and written to bliss_diagnostics.json."""
         lamb: float = 1e-2
         """Damping of the linear system (H + lamb I) z = grad f."""
         paper_loops: int = 3
@@ -108,19 +143,36 @@ class BlissSelector(Selector):
         """Proxy/score-model precision for the bilevel loop (float64: exact tests)."""
 
         def __post_init__(self):
+            if self.variant not in VARIANTS:
+                raise ValueError(f"variant '{self.variant}' is not one of {', '.join(VARIANTS)}")
+            if self.variant == "paper":
+                for name, value in PAPER_SETTINGS.items():
+                    setattr(self, name, value)
             if self.dtype not in ("float32", "float64"):
                 raise ValueError(f"dtype '{self.dtype}' is not float32 or float64")
-            if self.solver not in SOLVERS:
-                raise ValueError(f"solver '{self.solver}' is not one of {', '.join(SOLVERS)}")
-            for name in ("outer_steps", "batch_size", "target_batch_size"):
-                if getattr(self, name) < 1:
+            choices = {"solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS}
+            for name, known in choices.items():
+                if getattr(self, name) not in known:
+                    raise ValueError(
+                        f"{name} '{getattr(self, name)}' is not one of {', '.join(known)}"
+                    )
+            if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
+                raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
+            for name in ("outer_steps", "batch_size", "target_batch_size", "upper_batch_size"):
+                if getattr(self, name) is not None and getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1")
+
+        @property
+        def draws_per_step(self) -> int:
+            return self.upper_batch_size or self.batch_size
 
     def __init__(self, config, context):
         super().__init__(config, context)
         self.proxy: torch.nn.Module | None = None
         self.score_model: ScoreModel | None = None
+        self.direction: Direction | None = None
         self.history: list[dict] = []
+        self.diagnostics: dict[str, float] = {}
         self.seconds = {"warmup": 0.0, "bilevel": 0.0, "scoring": 0.0}
 
     # ----------------------------------------------------------------------------------- set-up
@@ -148,6 +200,13 @@ class BlissSelector(Selector):
     def prepare_proxy(self) -> torch.nn.Module:
         """The warm-up proxy: loaded from ``proxy_init`` or trained here and saved for reuse."""
         device = self.context.device
+        if self.config.proxy_init == "target":
+            if self.context.target_model is None:
+                raise ValueError("bliss.proxy_init 'target' needs a target model (--target-model)")
+            proxy = copy.deepcopy(self.context.target_model)
+            for parameter in proxy.parameters():
+                parameter.requires_grad_(True)
+            return proxy.to(device)
         if self.config.proxy_init:
             from transformers import AutoModelForCausalLM
 
@@ -160,7 +219,7 @@ class BlissSelector(Selector):
         proxy = build_proxy(self._proxy_preset(), self._vocab_size(), pool.seq_length + 1)
         torch.manual_seed(self.context.seed)
         start = time.perf_counter()
-        self.flops += warmup_lm(
+        trained = warmup_lm(
             proxy,
             pool,
             steps=self.config.proxy_warmup_steps,
@@ -170,6 +229,7 @@ class BlissSelector(Selector):
             device=device,
             desc="proxy warm-up",
         )
+        self.spend("training", proxy, trained * self.context.pool.seq_length, "train")
         self.seconds["warmup"] += time.perf_counter() - start
         broadcast_parameters(proxy)
         if hg.rank() == 0:
@@ -216,9 +276,12 @@ class BlissSelector(Selector):
         sampler = BatchSampler(
             len(self.context.pool), len(self.context.target_set), self.context.seed
         )
-        solver = SolverSettings(
-            name=c.solver, lamb=c.lamb, paper_loops=c.paper_loops, paper_lr=c.paper_lr,
-            cg_iters=c.cg_iters, cg_tol=c.cg_tol,
+        direction = Direction(
+            SolverSettings(
+                name=c.solver, lamb=c.lamb, paper_loops=c.paper_loops, paper_lr=c.paper_lr,
+                cg_iters=c.cg_iters, cg_tol=c.cg_tol, adam_beta1=c.adam_beta1,
+                adam_beta2=c.adam_beta2, adam_eps=c.adam_eps,
+            )
         )  # fmt: skip
         from tqdm.auto import tqdm
 
@@ -228,11 +291,11 @@ class BlissSelector(Selector):
         )
         for step in progress:
             for _ in range(c.inner_steps):
-                self._lower_step(sampler.train(c.batch_size), proxy_opt)
+                lower_loss = self._lower_step(sampler.train(c.batch_size), proxy_opt)
             proxy_sched.step()
-            record = self._upper_step(sampler, solver, score_opt)
+            record = self._upper_step(sampler, direction, score_opt)
             score_sched.step()
-            record["step"] = step + 1
+            record.update(step=step + 1, lower_loss=lower_loss)
             self.history.append(record)
             if (step + 1) % c.log_interval == 0 or step + 1 == c.outer_steps:
                 progress.set_postfix(
@@ -247,6 +310,7 @@ class BlissSelector(Selector):
                     "" if np.isnan(residual) else f", solver residual {residual:.3g}",
                 )  # fmt: skip
         self.seconds["bilevel"] += time.perf_counter() - start
+        self.direction = direction
 
     def _local(self, indices: np.ndarray) -> np.ndarray:
         per_rank = len(indices) // hg.world_size()
@@ -283,10 +347,15 @@ class BlissSelector(Selector):
         reduce_gradients(self.proxy)
         torch.nn.utils.clip_grad_norm_(self.proxy.parameters(), self.config.grad_clip)
         optimizer.step()
-        self.flops += (
-            6.0 * parameter_count(self.proxy) * tokens.numel() * (1 + (self.config.gamma > 0) / 3)
-        )
-        return float(loss.detach())
+        self._spend_lower(len(tokens))
+        return float(hg.all_reduce_sum([loss.detach().reshape(1)])[0])  # ranks hold shares
+
+    def _spend_lower(self, sequences: int, pass_kind: str = "train") -> None:
+        """The lower loss: the proxy's pass plus the frozen target's forward for the KL."""
+        tokens = sequences * self.context.pool.seq_length
+        self.spend("training", self.proxy, tokens, pass_kind)
+        if self.config.gamma > 0:
+            self.spend("training", self.context.target_model, tokens, "forward")
 
     def _target_gradient(self, indices: np.ndarray) -> tuple[list[torch.Tensor], float]:
         input_ids, labels = self.context.target_set.batch(self._local(indices))
@@ -297,46 +366,140 @@ class BlissSelector(Selector):
         grads = torch.autograd.grad(loss_sum / max(total, 1.0), params, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
         loss = hg.all_reduce_sum([loss_sum.detach().reshape(1)])[0].item() / max(total, 1.0)
-        self.flops += 6.0 * parameter_count(self.proxy) * input_ids.numel()
+        self.spend("training", self.proxy, input_ids.numel(), "train", input_ids.shape[1])
         return hg.all_reduce_sum(grads), loss
 
-    def _upper_step(self, sampler, solver: SolverSettings, optimizer) -> dict:
+    def _upper_step(self, sampler, direction: Direction, optimizer) -> dict:
         c = self.config
         grad_f, target_loss = self._target_gradient(sampler.target(c.target_batch_size))
-        indices = sampler.train(c.batch_size)
+        indices = sampler.train(c.draws_per_step)
         tokens = pool_batch(self.context.pool, self._local(indices), self.context.device)
         local_scores = self.score_model(tokens[:, :-1])
         global_scores = hg.gather_with_local_grad(local_scores)
-        weights = torch.softmax(global_scores.detach(), 0)
-        per_rank = len(local_scores)
-        local_weights = weights[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
-        with sdpa_math():
-            ce, extra = self._lower_terms(tokens, len(indices))
-            graph = hg.LowerGraph(list(self.proxy.parameters()), ce, local_weights, extra)
-            z, info = solve(graph.hvp, grad_f, solver)
-            dots = graph.sample_dots(z)
+        dots, info, hvps = self._sample_dots(tokens, global_scores, direction, grad_f)
         global_dots = hg.all_gather_cat(dots)
+        signal = normalize_dots(global_dots, c.normalize)
         optimizer.zero_grad(set_to_none=True)
-        hg.surrogate_loss(global_scores, global_dots).backward()
+        hg.surrogate_loss(global_scores, signal).backward()
         reduce_gradients(self.score_model)
         torch.nn.utils.clip_grad_norm_(self.score_model.parameters(), c.grad_clip)
         optimizer.step()
-        n_proxy, n_score = parameter_count(self.proxy), parameter_count(self.score_model)
-        # create_graph backward ~ 2 passes, each HVP and the dot extraction ~ 2 more each.
-        self.flops += 2.0 * n_proxy * tokens.numel() * (3 + 2 * (graph.num_hvps + 2))
-        self.flops += 6.0 * n_score * tokens.numel()
+        self.spend(
+            "training",
+            self.score_model,
+            len(tokens) * self.context.pool.seq_length,
+            "train",
+            lm_head=False,
+        )
         scores = global_scores.detach()
+        weights = torch.softmax(scores, 0)
         return {
             "target_loss": target_loss,
-            "lower_loss": float((weights * hg.all_gather_cat(ce.detach())).sum()),
             "score_mean": float(scores.mean()),
             "score_std": float(scores.std()),
             "score_min": float(scores.min()),
             "score_max": float(scores.max()),
-            "hvps": graph.num_hvps,
+            "hvps": hvps,
             "residual": info.residual,
             "dots_mean": float(global_dots.mean()),
+            "dots_std": float(global_dots.std()),
+            "weighted_signal": float((weights * signal).sum()),
         }
+
+    def _alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+        """``g_i . z`` of every row without a graph: finite differences or forward mode."""
+        if self.config.dots == "jvp":
+            with sdpa_math():
+                return hg.jvp_sample_dots(
+                    self.proxy, {"input_ids": tokens[:, :-1]},
+                    lambda out: sequence_ce(out.logits, tokens), z,
+                )  # fmt: skip
+        return hg.fd_sample_dots(
+            self.proxy, lambda model: sequence_ce(lm_logits(model, tokens), tokens), z
+        )
+
+    def _sample_dots(self, tokens, global_scores, direction: Direction, grad_f):
+        """``(c_i of this rank's rows, solver info, HVPs used)`` for z from ``direction``."""
+        use_graph = self.config.dots == "graph" or direction.needs_hvp
+        if not use_graph:
+            z, info = direction(None, grad_f)
+            dots = self._alignment(tokens, z)
+            self.spend(
+                "training",
+                self.proxy,
+                len(tokens) * self.context.pool.seq_length,
+                PASS_OF_DOTS[self.config.dots],
+            )
+            return dots, info, 0
+        per_rank = len(tokens)
+        weights = torch.softmax(global_scores.detach(), 0)
+        local_weights = weights[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
+        with sdpa_math():
+            ce, extra = self._lower_terms(tokens, len(global_scores))
+            graph = hg.LowerGraph(list(self.proxy.parameters()), ce, local_weights, extra)
+            z, info = direction(graph.hvp, grad_f)
+            dots = graph.sample_dots(z)
+        self._spend_lower(per_rank, "graph")
+        for _ in range(graph.num_hvps + 1):  # each HVP and the dot extraction
+            self.spend(
+                "training", self.proxy, per_rank * self.context.pool.seq_length, "vjp_of_graph"
+            )
+        return dots, info, graph.num_hvps
+
+    # ---------------------------------------------------------------------------- diagnostics
+    def _diagnose(self, scores: np.ndarray) -> dict[str, float]:
+        """How well the score model learned what it was trained on, on random pool sequences:
+        Spearman correlation with the direct alignment ``g_i . z`` at the final proxy (its
+        target), with the proxy's loss and with the per-sample gradient norm (what a score model
+        that learned "unusual text" would track)."""
+        c = self.config
+        rng = np.random.default_rng([self.context.seed, 29])
+        count = min(c.diagnostic_sequences, len(self.context.pool))
+        indices = np.sort(rng.choice(len(self.context.pool), size=count, replace=False))
+        z = self._final_direction(rng)
+        alignment, losses, norms = [], [], []
+        for chunk in np.array_split(indices, max(1, count // 16)):
+            tokens = pool_batch(self.context.pool, chunk, self.context.device)
+            alignment.append(self._alignment(tokens, z).cpu().numpy())
+            with sdpa_math():
+                loss, norm = per_sample_loss_and_gradient_norm(self.proxy, tokens)
+            losses.append(loss)
+            norms.append(norm)
+        alignment, losses, norms = map(np.concatenate, (alignment, losses, norms))
+        picked = scores[indices]
+        result = {
+            "sequences": int(count),
+            "spearman_alignment": spearman(picked, alignment),
+            "spearman_loss": spearman(picked, losses),
+            "spearman_gradient_norm": spearman(picked, norms),
+            "alignment_vs_gradient_norm": spearman(alignment, norms),
+        }
+        logger.info(
+            "bliss diagnostics (%d sequences): score vs direct alignment %.3f, vs loss %.3f, "
+            "vs gradient norm %.3f (alignment vs gradient norm %.3f)",
+            count, result["spearman_alignment"], result["spearman_loss"],
+            result["spearman_gradient_norm"], result["alignment_vs_gradient_norm"],
+        )  # fmt: skip
+        return result
+
+    def _final_direction(self, rng: np.random.Generator) -> list[torch.Tensor]:
+        """The z the score model learned from: the adam moments, else a fresh solve."""
+        if self.direction is not None and self.direction.moments is not None:
+            return self.direction.moments.current()
+        batch = rng.choice(len(self.context.target_set), size=self.config.target_batch_size)
+        grad_f, _ = self._target_gradient(np.asarray(batch))
+        if not self.direction.needs_hvp:
+            return self.direction(None, grad_f)[0]
+        tokens = pool_batch(
+            self.context.pool, rng.choice(len(self.context.pool), 8), self.context.device
+        )
+        with sdpa_math():
+            ce, extra = self._lower_terms(tokens, len(tokens))
+            weights = torch.full(
+                (len(tokens),), 1.0 / len(tokens), dtype=ce.dtype, device=ce.device
+            )
+            graph = hg.LowerGraph(list(self.proxy.parameters()), ce, weights, extra)
+            return self.direction(graph.hvp, grad_f)[0]
 
     # ------------------------------------------------------------------------ scoring, saving
     def score(self) -> np.ndarray:
@@ -351,10 +514,19 @@ class BlissSelector(Selector):
             self.config.score_precision,
         )
         self.seconds["scoring"] += time.perf_counter() - start
-        self.flops += (
-            2.0 * parameter_count(self.score_model) * len(scores) * self.context.pool.seq_length
+        self.spend(
+            "scoring",
+            self.score_model,
+            len(scores) * self.context.pool.seq_length,
+            "forward",
+            lm_head=False,
         )
+        if self.config.diagnostic_sequences > 0:
+            self.diagnostics = self._diagnose(scores)
         return scores
+
+    def summary(self) -> dict:
+        return {"diagnostics": self.diagnostics} if self.diagnostics else {}
 
     def save(self, run_dir: Path) -> None:
         if self.score_model is None or hg.rank() != 0:
@@ -366,13 +538,34 @@ class BlissSelector(Selector):
             "vocab_size": int(self.score_model.config.vocab_size),
             "model_type": self.score_model.config.model_type,
             "outer_steps": self.config.outer_steps,
+            "variant": self.config.variant,
             "solver": self.config.solver,
+            "normalize": self.config.normalize,
         }
         self.score_model.save(run_dir / "score_model", meta, tokenizer=self.context.tokenizer)
         lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        from megatron_bliss.utils.io import atomic_write_text
+        from megatron_bliss.utils.io import atomic_write_json, atomic_write_text
 
         atomic_write_text(run_dir / "bliss_metrics.jsonl", lines)
+        if self.diagnostics:
+            atomic_write_json(run_dir / "bliss_diagnostics.json", self.diagnostics)
+
+
+def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tensor):
+    """(loss, ||grad loss||) of every row, by ``torch.func`` per-sample gradients."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss_of(parameters, row):
+        logits = functional_call(model, parameters, (), {"input_ids": row[None, :-1]}).logits
+        return sequence_ce(logits, row[None])[0]
+
+    grads = vmap(grad(loss_of), in_dims=(None, 0))(params, tokens)
+    squared = sum(g.reshape(len(tokens), -1).pow(2).sum(1) for g in grads.values())
+    with torch.no_grad():
+        losses = sequence_ce(lm_logits(model, tokens), tokens)
+    return losses.cpu().numpy(), squared.sqrt().cpu().numpy()
 
 
 class BatchSampler:

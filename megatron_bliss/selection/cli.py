@@ -291,7 +291,10 @@ def run_selection(
             run_dir, scores, method=method, fraction=config.fraction, data_prefix=data_prefix,
             seq_length=config.seq_length, seed=config.seed,
             gumbel_temperature=config.gumbel_temperature,
-            extra={"flops": float(selector.flops), "seconds": round(seconds, 2)},
+            extra={
+                "flops": selector.total_flops, "flops_by_kind": dict(selector.flops),
+                "seconds": round(seconds, 2), **selector.summary(),
+            },
         )  # fmt: skip
     logger.info("%s: kept %d of %d sequences in %.1fs", method, len(selection), len(pool), seconds)
     return selection

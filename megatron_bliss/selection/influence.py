@@ -43,7 +43,7 @@ from megatron_bliss.selection.influence_kernels import (
     jvp_embeddings,
     shifted_batch,
 )
-from megatron_bliss.selection.perplexity import forward_flops_per_token, require_target_model
+from megatron_bliss.selection.perplexity import require_target_model
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +237,11 @@ class InfluenceSelector(Selector):
             yield tokens[:, :-1], tokens[:, 1:]
 
     def _sketch_all(self, sketcher, batches, precondition: bool, desc: str) -> torch.Tensor:
-        device, rows, tokens = self.context.device, [], 0
+        device, rows = self.context.device, []
         batches = list(batches)
         for inputs, targets in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 20):
             rows.append(sketcher.sketch(inputs.to(device), targets.to(device), precondition).cpu())
-            tokens += inputs.numel()
-        self.flops += 3 * forward_flops_per_token(sketcher.model) * tokens  # forward + backward
+            self.spend("training", sketcher.model, inputs.numel(), "train", inputs.shape[1])
         return torch.cat(rows).double()
 
     def fit(self) -> None:
@@ -267,9 +266,8 @@ class InfluenceSelector(Selector):
         )
         self.embeddings = torch.from_numpy(embeddings)
         kept = min(c.num_blocks, model.config.num_hidden_layers) / model.config.num_hidden_layers
-        self.flops += (
-            3 * c.num_tangents * kept * forward_flops_per_token(model) * len(pool) * pool.seq_length
-        )
+        tangent_tokens = c.num_tangents * kept * len(pool) * pool.seq_length  # truncated model
+        self.spend("scoring", model, tangent_tokens, "jvp", lm_head=False)
         rng = np.random.default_rng(context.seed)
         self.landmarks = np.sort(
             rng.choice(len(pool), min(c.num_landmarks, len(pool)), replace=False)

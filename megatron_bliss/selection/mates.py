@@ -40,13 +40,13 @@ from megatron_bliss.data.target_set import IGNORE_INDEX, TargetSet
 from megatron_bliss.models.presets import build_config, get_preset
 from megatron_bliss.selection.base import Selector
 from megatron_bliss.selection.perplexity import (
-    forward_flops_per_token,
     require_target_model,
     sequence_losses,
 )
 from megatron_bliss.selection.score_model import ScoreModel, build_backbone, load_score_model
 from megatron_bliss.selection.scoring import score_pool
 from megatron_bliss.utils.io import atomic_save_npy
+from megatron_bliss.utils.stats import spearman
 
 logger = logging.getLogger(__name__)
 
@@ -141,15 +141,6 @@ class ProbeRunner:
         value = measure(self.model)
         self.restore()
         return value
-
-
-def spearman(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Spearman rank correlation (ties broken by order; labels are continuous)."""
-    if len(actual) < 2:
-        return float("nan")
-    ranks_p = np.argsort(np.argsort(predicted)).astype(np.float64)
-    ranks_a = np.argsort(np.argsort(actual)).astype(np.float64)
-    return float(np.corrcoef(ranks_p, ranks_a)[0, 1])
 
 
 def predict(
@@ -254,8 +245,8 @@ class MatesSelector(Selector):
             tokens = torch.from_numpy(self.probe_pool[int(index)]).to(context.device)
             labels[row] = runner.probe(tokens, measure)
         target_tokens = sum(len(context.target_set.examples[i].input_ids) for i in target_indices)
-        per_token = forward_flops_per_token(model)
-        self.flops += len(indices) * per_token * (3 * context.pool.seq_length + target_tokens)
+        self.spend("training", model, len(indices) * context.pool.seq_length, "train")
+        self.spend("training", model, len(indices) * target_tokens)
         return labels
 
     # -- data influence model ------------------------------------------------------------
@@ -313,8 +304,9 @@ class MatesSelector(Selector):
                 best = (held_rho, copy.deepcopy(regressor.state_dict()), epoch)
         regressor.load_state_dict(best[1])
         self.regressor = regressor
-        reg_flops = forward_flops_per_token(regressor.backbone) * pool.seq_length
-        self.flops += reg_flops * (3 * len(train) + len(held)) * c.regressor_epochs
+        epochs_tokens = c.regressor_epochs * pool.seq_length
+        self.spend("training", regressor, len(train) * epochs_tokens, "train", lm_head=False)
+        self.spend("training", regressor, len(held) * epochs_tokens, lm_head=False)
         self.metrics = {
             "num_probes": len(indices),
             "num_train": len(train),
@@ -349,7 +341,7 @@ class MatesSelector(Selector):
         scores = score_pool(
             self.regressor, pool, self.config.score_batch_size, self.context.device, "float32"
         )
-        self.flops += forward_flops_per_token(self.regressor.backbone) * pool.seq_length * len(pool)
+        self.spend("scoring", self.regressor, len(pool) * pool.seq_length, lm_head=False)
         return scores
 
     def save(self, run_dir: Path) -> None:

@@ -6,7 +6,7 @@ perplexity-pruning literature (Marion et al. 2023; Ankner et al. 2024) finds mor
 extremes. Losses are per-sequence means of next-token cross-entropy over the pool's fixed-length
 sequences, computed in batches under ``torch.inference_mode``.
 
-The helpers here (``pool_losses``, ``forward_flops_per_token``) are shared by the other baselines.
+The helpers here (``pool_losses``, ``sequence_losses``) are shared by the other baselines.
 """
 
 from __future__ import annotations
@@ -31,17 +31,6 @@ def require_target_model(context, method: str) -> torch.nn.Module:
     if context.target_model is None:
         raise ValueError(f"{method}: needs a target model (--target-model or a config warm-up)")
     return context.target_model
-
-
-def forward_flops_per_token(model: torch.nn.Module) -> float:
-    """2 x (parameters that do matrix work): the usual forward-pass FLOPs per token.
-
-    The input embedding is a lookup, not a matmul, so it is left out (Kaplan et al. 2020).
-    """
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings()
-    lookup = embedding.weight.numel() if embedding is not None else 0
-    return 2.0 * float(total - lookup)
 
 
 def sequence_losses(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -108,7 +97,7 @@ class PerplexitySelector(Selector):
         model = require_target_model(self.context, self.name)
         pool = self.context.pool
         losses = pool_losses(model, pool, self.context.device, self.config.batch_size)
-        self.flops += forward_flops_per_token(model) * len(pool) * pool.seq_length
+        self.spend("scoring", model, len(pool) * pool.seq_length)
         logger.info(
             "perplexity: %d sequences, loss mean %.4f median %.4f",
             len(losses),

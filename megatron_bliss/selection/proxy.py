@@ -130,7 +130,8 @@ def warmup_lm(
     device: torch.device,
     desc: str = "warm-up",
 ) -> float:
-    """Plain AdamW training on random pool sequences (cosine LR); returns the FLOPs spent."""
+    """Plain AdamW training on random pool sequences (cosine LR); returns the sequences trained
+    on (count them with ``Selector.spend``)."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, 0.1))
@@ -150,7 +151,7 @@ def warmup_lm(
         progress.set_postfix(loss=f"{loss:.3f}")
     logger.info("%s: %d steps, final loss %.4f", desc, steps, loss)
     model.eval()
-    return 6.0 * parameter_count(model) * steps * batch_size * pool.seq_length
+    return steps * min(batch_size, len(pool))
 
 
 def cosine_with_warmup(total_steps: int, warmup_fraction: float):

@@ -1,7 +1,7 @@
-"""Approximate solvers for the damped linear system ``(H + lamb I) z = grad f`` of BLISS.
+"""The direction ``z`` of BLISS's hypergradient: approximate solvers of ``(H + lamb I) z = grad f``.
 
 ``H`` is only available through Hessian-vector products (``hvp(v)``), each costing roughly two
-backward passes of the proxy. Three solvers:
+backward passes of the proxy. Four directions:
 
 * ``paper``: the authors' recipe, reproduced for comparison: ``z0 = 1/numel`` per tensor, then
   ``paper_loops`` (3) steps ``z <- z - lr * clip(H z + lamb z - grad f)`` with step 1e-2 and each
@@ -12,6 +12,12 @@ backward passes of the proxy. Three solvers:
 * ``cg``: conjugate gradient on the damped system from ``z = 0``, ``cg_iters`` steps or until the
   relative residual is below ``cg_tol``; it stops on non-positive curvature (an LM's Hessian is
   indefinite) keeping the last iterate. The relative residual is logged every outer step.
+* ``adam``: ``z = m_hat / (sqrt(v_hat) + eps)`` from Adam's moments of ``grad f`` kept across
+  outer steps: the step an AdamW-trained model would take on the target set, so ``c_i = g_i . z``
+  is the first-order drop of sequence i's loss when the target is trained on the target set (the
+  first-order form of reducible loss). A diagonal preconditioner from the target set's own
+  gradient statistics, not an approximation of the lower-level Hessian; no HVPs. Its moments
+  also average ``grad f`` over many target batches, which a per-step solver cannot.
 
 **Default: ``identity``, chosen by measurement** (2-core CPU, this repository):
 
@@ -40,7 +46,8 @@ from megatron_bliss.selection.hypergrad import dot
 
 logger = logging.getLogger(__name__)
 
-SOLVERS = ("paper", "identity", "cg")
+SOLVERS = ("paper", "identity", "cg", "adam")
+NEEDS_HVP = ("paper", "cg")
 Tensors = list[torch.Tensor]
 HvpFn = Callable[[Sequence[torch.Tensor]], Tensors]
 
@@ -54,6 +61,9 @@ class SolverSettings:
     paper_clip: float = 1.0
     cg_iters: int = 10
     cg_tol: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    adam_eps: float = 1e-8
 
 
 @dataclass
@@ -114,8 +124,61 @@ def solve_cg(hvp: HvpFn, rhs: Sequence[torch.Tensor], s: SolverSettings):
     return z, SolveInfo(iterations=iterations, residual=float(torch.sqrt(rr)) / rhs_norm)
 
 
+class TargetMoments:
+    """Adam's bias-corrected moments of ``grad f`` over outer steps; ``z = m_hat / (sqrt(v_hat) +
+    eps)``. Every rank sees the same reduced ``grad f``, so every rank holds the same moments."""
+
+    def __init__(self, settings: SolverSettings):
+        self.settings = settings
+        self.steps = 0
+        self.first: Tensors | None = None
+        self.second: Tensors | None = None
+
+    def __call__(self, hvp: HvpFn | None, rhs: Sequence[torch.Tensor]):
+        s = self.settings
+        with torch.no_grad():
+            if self.first is None:
+                self.first = [torch.zeros_like(b) for b in rhs]
+                self.second = [torch.zeros_like(b) for b in rhs]
+            self.steps += 1
+            for m, v, b in zip(self.first, self.second, rhs):
+                m.mul_(s.adam_beta1).add_(b, alpha=1 - s.adam_beta1)
+                v.mul_(s.adam_beta2).addcmul_(b, b, value=1 - s.adam_beta2)
+        return self.current(), SolveInfo(iterations=0)
+
+    def current(self) -> Tensors:
+        """``m_hat / (sqrt(v_hat) + eps)`` of the moments so far."""
+        s = self.settings
+        first_scale = 1 - s.adam_beta1**self.steps
+        second_scale = 1 - s.adam_beta2**self.steps
+        with torch.no_grad():
+            return [
+                (m / first_scale) / ((v / second_scale).sqrt() + s.adam_eps)
+                for m, v in zip(self.first, self.second)
+            ]
+
+
+class Direction:
+    """The z of every outer step: a stateless solver, or the ``adam`` moments kept across steps."""
+
+    def __init__(self, settings: SolverSettings):
+        if settings.name not in SOLVERS:
+            raise ValueError(f"unknown solver '{settings.name}' (known: {', '.join(SOLVERS)})")
+        self.settings = settings
+        self.moments = TargetMoments(settings) if settings.name == "adam" else None
+
+    @property
+    def needs_hvp(self) -> bool:
+        return self.settings.name in NEEDS_HVP
+
+    def __call__(self, hvp: HvpFn | None, rhs: Sequence[torch.Tensor]):
+        if self.moments is not None:
+            return self.moments(hvp, rhs)
+        return solve(hvp, rhs, self.settings)
+
+
 def solve(hvp: HvpFn, rhs: Sequence[torch.Tensor], settings: SolverSettings):
-    """``(z, SolveInfo)`` with ``z ~ (H + lamb I)^-1 rhs`` by the named solver."""
+    """``(z, SolveInfo)`` with ``z ~ (H + lamb I)^-1 rhs`` by the named stateless solver."""
     solvers = {"paper": solve_paper, "identity": solve_identity, "cg": solve_cg}
     if settings.name not in solvers:
         raise ValueError(f"unknown solver '{settings.name}' (known: {', '.join(SOLVERS)})")

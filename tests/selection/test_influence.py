@@ -162,7 +162,7 @@ def test_scores_shape_determinism_and_llama(setup, tmp_path, tokenizer):
     first = make_selector(setup, tmp_path)
     scores = first.score()
     assert scores.shape == (len(pool),) and scores.dtype == np.float32
-    assert np.isfinite(scores).all() and first.flops > 0
+    assert np.isfinite(scores).all() and min(first.flops.values()) > 0
     np.testing.assert_array_equal(scores, make_selector(setup, tmp_path).score())
     torch.manual_seed(0)
     llama = build_model("llama-tiny", vocab_size=len(tokenizer)).eval()

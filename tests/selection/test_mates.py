@@ -109,7 +109,7 @@ def test_fit_score_save_round_trip(setup, tmp_path):
     assert scores.shape == (len(pool),) and scores.dtype == np.float32
     assert np.isfinite(scores).all() and scores.std() > 0
     assert selector.metrics["num_holdout"] == 2 and selector.metrics["num_train"] == 18
-    assert np.isfinite(selector.metrics["holdout_spearman"]) and selector.flops > 0
+    assert np.isfinite(selector.metrics["holdout_spearman"]) and min(selector.flops.values()) > 0
     selector.save(tmp_path)
     reloaded = score_pool_with_saved_model(tmp_path / "score_model", pool, batch_size=5)
     np.testing.assert_allclose(reloaded, scores, rtol=1e-5, atol=1e-6)
