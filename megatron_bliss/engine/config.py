@@ -53,7 +53,10 @@ class DataConfig:
     tokenizer: str | None = None
     """HF tokenizer dir or hub name; copied into RUN_DIR/tokenizer so export-hf can ship it."""
     valid_prefix: str | None = None
-    """Held-out shard for the periodic validation loss."""
+    """Held-out shard for the periodic validation loss (``val_loss``)."""
+    valid_sets: dict[str, str] = field(default_factory=dict)
+    """More held-out shards by name, evaluated with ``valid_prefix`` and logged as
+    ``val_loss/NAME`` (e.g. the target set's held-out part beside held-out C4)."""
     eod_token_id: int | None = None
     """End-of-document id for the three Megatron options below; default: the tokenizer's eos."""
     eod_mask_loss: bool = False

@@ -231,7 +231,7 @@ class TrainingStage:
         self.model = self._build_model()
         self.vocab_size = int(self.model.config.vocab_size)
         self.dataset = self._dataset()
-        self.valid_dataset = self._valid_dataset()
+        self.valid_datasets = self._valid_datasets()
         self.batch_options = self._batch_options()
         self.flops_per_token = flops_per_token(self.model.config, config.data.seq_length)
         self.peak_flops = device_peak_flops(
@@ -254,14 +254,18 @@ class TrainingStage:
         """Missing shards stop the run before the tokenizer, model and engine cost minutes."""
         from megatron_bliss.data.pool import require_indexed_files
 
-        data = self.config.data
-        prefixes = [source.prefix for source in data.all_sources()]
-        for prefix in prefixes + ([data.valid_prefix] if data.valid_prefix else []):
+        for prefix in self._data_prefixes():
             require_indexed_files(
                 prefix,
                 hint="build it with tools/preprocess_data.py; launch_scripts/pretrain_tiny_cpu.sh "
                 "builds the tiny config's data",
             )
+
+    def _data_prefixes(self) -> list[str]:
+        """Every shard this run reads: training sources and held-out sets."""
+        data = self.config.data
+        held_out = [data.valid_prefix] if data.valid_prefix else []
+        return [s.prefix for s in data.all_sources()] + held_out + list(data.valid_sets.values())
 
     def _load_tokenizer(self):
         name = self.config.data.tokenizer
@@ -270,10 +274,8 @@ class TrainingStage:
         from megatron_bliss.data.tokenizer import check_dataset_tokenizer, load_tokenizer
 
         tokenizer = load_tokenizer(name)  # HF dir or hub name, tokenizers *.json, spm *.model
-        data = self.config.data
-        for prefix in [s.prefix for s in data.all_sources()] + [data.valid_prefix or ""]:
-            if prefix:  # before the copy into RUN_DIR: a wrong tokenizer is never exported
-                check_dataset_tokenizer(prefix, tokenizer, name)
+        for prefix in self._data_prefixes():  # before the copy: a wrong one is never exported
+            check_dataset_tokenizer(prefix, tokenizer, name)
         if self.context.is_main:
             target = self.run_dir / "tokenizer"
             temporary = self.run_dir / ".tokenizer.tmp"
@@ -348,16 +350,20 @@ class TrainingStage:
                 wait_for_cache=None if self.context.is_main else wait,
             )  # fmt: skip
 
-    def _valid_dataset(self):
+    def _valid_datasets(self) -> dict[str, Any]:
+        """Held-out datasets by metric name: ``val_loss`` and ``val_loss/NAME``."""
         data = self.config.data
-        if not data.valid_prefix:
-            return None
+        named = {f"val_loss/{name}": prefix for name, prefix in data.valid_sets.items()}
+        prefixes = {"val_loss": data.valid_prefix, **named} if data.valid_prefix else named
+        return {key: self._valid_dataset(prefix) for key, prefix in prefixes.items()}
+
+    def _valid_dataset(self, prefix: str):
         from megatron_bliss.data.training_dataset import DataSource, TrainingDataset
 
         per_rank = self.config.logging.eval_batches * self.config.train.micro_batch_size
         return TrainingDataset(
-            [DataSource(data.valid_prefix)],
-            data.seq_length,
+            [DataSource(prefix)],
+            self.config.data.seq_length,
             per_rank * self.context.world_size,
             self.config.train.seed,
             vocab_size=self.vocab_size,
@@ -525,7 +531,7 @@ class TrainingStage:
                     return self._finish(losses, interrupted=True, signal=signal_number)
         progress.close()
         interval = self.config.logging.eval_interval
-        if interval and self.valid_dataset is not None and self.step % interval:
+        if interval and self.valid_datasets and self.step % interval:
             self._validate()
         if self.config.checkpoint.save_at_end and last_saved != self.step:
             self._save()
@@ -613,27 +619,31 @@ class TrainingStage:
 
     def _validation_due(self) -> bool:
         interval = self.config.logging.eval_interval
-        return bool(interval) and self.valid_dataset is not None and self.step % interval == 0
+        return bool(interval) and bool(self.valid_datasets) and self.step % interval == 0
 
     @torch.no_grad()
-    def _validate(self) -> float:
+    def _validate(self) -> dict[str, float]:
         self.engine.eval()
-        losses = []
-        for batch_number in range(self.config.logging.eval_batches):
-            batch = self._micro_batch(self.valid_dataset, 0, batch_number)
-            losses.append(self._forward_loss(batch).float().item())
+        losses = {key: self._held_out_loss(dataset) for key, dataset in self.valid_datasets.items()}
         self.engine.train()
-        val_loss = all_reduce_mean([float(np.mean(losses))], self.context)[0]
+        means = dict(zip(losses, all_reduce_mean(list(losses.values()), self.context)))
         record = {
             "step": self.step,
-            "val_loss": val_loss,
+            **means,
             "consumed_samples": self.consumed_samples,
             "consumed_tokens": self.consumed_samples * self.config.data.seq_length,
         }
         self.sink.write(record)
         self.hooks.on_validation(self.step, record)
-        logger.info("step %d: validation loss %.4f", self.step, val_loss)
-        return val_loss
+        logger.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        return means
+
+    def _held_out_loss(self, dataset) -> float:
+        batches = range(self.config.logging.eval_batches)
+        losses = [
+            self._forward_loss(self._micro_batch(dataset, 0, b)).float().item() for b in batches
+        ]
+        return float(np.mean(losses))
 
     def _checkpoint_due(self) -> bool:
         interval = self.config.checkpoint.save_interval
@@ -708,7 +718,7 @@ class TrainingStage:
             self.engine = None
         self.model = None
         self.dataset = None
-        self.valid_dataset = None
+        self.valid_datasets = {}
         restore_functional_linear()
 
 
