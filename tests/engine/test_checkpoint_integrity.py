@@ -60,6 +60,7 @@ def test_truncated_model_states_is_named_and_the_older_checkpoint_used(run_copy,
     with caplog.at_level(logging.WARNING):
         assert ckpt.resolve_checkpoint(run_copy / "checkpoints")[1] == "global_step2"
     assert "using global_step2" in caplog.text and str(damaged) in caplog.text
+    capsys.readouterr()  # what the warning left on stderr
     code, err = export(damaged.parent, run_copy / "hf", capsys)  # the folder named explicitly
     assert code == 2 and len(err.splitlines()) == 1
     assert f"{damaged}: truncated or overwritten" in err

@@ -232,9 +232,12 @@ def test_adam_state_from_an_engine_checkpoint(setup, adam_run, tmp_path):
     for other in others:
         np.testing.assert_array_equal(other, first)
 
+    from megatron_bliss.engine.checkpoint_integrity import write_completion_record
+
     bare = tmp_path / "bare"
     shutil.copytree(adam_run / "checkpoints", bare)
     (bare / "global_step2" / "adam_state.pt").unlink()
+    write_completion_record(bare / "global_step2", 2)  # as if saved without Adam moments
     with pytest.raises(FileNotFoundError, match=r"global_step2/adam_state\.pt: not found"):
         make_selector(setup, tmp_path, model=model, adam_state=str(bare)).score()
     with pytest.raises(ValueError, match="filled in by the pipeline"):

@@ -192,9 +192,9 @@ def test_score_out_with_another_name_writes_no_second_scores_file(bliss_run, tin
     )  # fmt: skip
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "round2_scores.npy", "selection.json", "selection.npy"
+        "round2_scores.npy", "round2_scores.selection.json", "round2_scores.selection.npy"
     ]  # fmt: skip
-    selection = np.load(tmp_path / "selection.npy")
+    selection = np.load(tmp_path / "round2_scores.selection.npy")
     assert len(selection) == int(0.25 * len(np.load(out)))
 
 
