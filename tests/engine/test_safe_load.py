@@ -62,6 +62,17 @@ def test_real_checkpoints_load_weights_only(trained):
             torch.load(path, weights_only=False)  # forced to weights-only, allow-listed types
 
 
+def test_fp16_loss_scaler_state_loads_weights_only(tmp_path):
+    """fp16 runs (GPU only) store a DynamicLossScaler where bf16/fp32 store a LossScaler."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+
+    scaler = DynamicLossScaler(2.0**16, 1000, 1.0, 2, False, dtype=torch.float16)
+    torch.save({"loss_scaler": scaler, "dynamic_loss_scale": True}, tmp_path / "optim.pt")
+    with checkpoint_reading():
+        loaded = torch.load(tmp_path / "optim.pt", weights_only=False)["loss_scaler"]
+    assert loaded.cur_scale == 2.0**16 and loaded.dtype == torch.float16
+
+
 def test_export_hf_refuses_unless_trusted(crafted, tmp_path, capsys):
     step, marker = crafted
     argv = ["export-hf", "--checkpoint", str(step.parent), "--output", str(tmp_path / "hf")]
