@@ -32,6 +32,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "select": ("megatron_bliss.selection.cli", "train a selector, score a shard, keep a fraction"),
     "score": ("megatron_bliss.selection.scoring", "score every sequence of a shard"),
     "pipeline": ("megatron_bliss.pipeline.cli", "multi-round select -> train -> evaluate"),
+    "compare": (
+        "megatron_bliss.pipeline.compare",
+        "several methods from shared warm-ups, over seeds, at equal tokens",
+    ),
     "eval": ("megatron_bliss.eval.cli", "lm-eval-harness on a Hugging Face model"),
     "report": ("megatron_bliss.eval.report", "markdown report with plots for run directories"),
     "demo": ("megatron_bliss.demo", "the end-to-end demo that `make demo` runs"),

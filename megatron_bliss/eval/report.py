@@ -457,6 +457,11 @@ def write_report(
 
 
 def run(args: argparse.Namespace) -> int:
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "compare.json").is_file():
+        from megatron_bliss.eval.compare_report import write_compare_report
+
+        print(write_compare_report(args.runs[0]))  # a `megatron-bliss compare` run directory
+        return 0
     report = write_report(
         args.runs,
         output=args.output,

@@ -51,10 +51,18 @@ def check_inputs(config: PipelineConfig) -> None:
         raise ConfigError(f"target_format '{config.target_format}': expected one of {FORMATS}")
     if config.rounds() > 0 and config.target_data and not Path(config.target_data).is_file():
         raise FileNotFoundError(f"{config.target_data}: target_data file not found")
+    if config.target_heldout_fraction and not 0 < config.target_heldout_fraction < 1:
+        raise ConfigError(
+            f"target_heldout_fraction must be in [0, 1), got {config.target_heldout_fraction}"
+        )
     if config.prepare.corpus:
-        expand_inputs(config.prepare.corpus)
-        if config.prepare.valid_corpus:
-            expand_inputs(config.prepare.valid_corpus)
+        for inputs in (
+            config.prepare.corpus,
+            config.prepare.warmup_corpus,
+            config.prepare.valid_corpus,
+        ):
+            if inputs:
+                expand_inputs(inputs)
     else:
         from megatron_bliss.data.pool import require_indexed_files
 

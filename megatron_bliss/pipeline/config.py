@@ -32,6 +32,18 @@ class EvalSection:
 
 
 @dataclass
+class CompareSection:
+    """What ``megatron-bliss compare`` runs (the pipeline itself ignores this section)."""
+
+    methods: list[str] = field(default_factory=lambda: ["bliss", "random", "dsir", "reducible"])
+    seeds: int = 3
+    seed_stride: int = 1000
+    """Seed k runs the pipeline with ``seed + k * seed_stride``."""
+    baseline: str = "random"
+    """The method whose final target-set loss the others' tokens-to-reach figures refer to."""
+
+
+@dataclass
 class PipelineConfig:
     run_dir: str = "runs/pipeline"
     method: str = "bliss"
@@ -48,6 +60,9 @@ class PipelineConfig:
     target_data: str | None = None
     """Target set of the selector (jsonl): LAMBADA at paper scale, held-out C4 for tiny runs."""
     target_format: str = "documents"
+    target_heldout_fraction: float = 0.0
+    """When > 0: this share of the target set (fixed shuffle) is held out of selection, and its
+    loss is the target training's ``val_loss/target``; 0: selectors see all of ``target_data``."""
     target_set_task: str | None = None
     """The lm-eval task that is also the target set (e.g. lambada_openai), marked in reports."""
     warmup_steps: int = 20
@@ -70,6 +85,7 @@ class PipelineConfig:
     """SelectConfig fields and per-method sections (bliss:, mates:, ...). ``influence:
     {adam_state: auto}`` selects with the previous round's AdamW state (Adam version)."""
     eval: EvalSection = field(default_factory=EvalSection)
+    compare: CompareSection = field(default_factory=CompareSection)
 
     def __post_init__(self):
         if self.num_rounds is None and self.shards:

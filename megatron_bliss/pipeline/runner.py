@@ -70,18 +70,7 @@ class Pipeline:
         dump_yaml(self.config, self.run_dir / "config.yaml")
         if self.config.reuse_warmup:
             self._link_warmup()
-        if self.config.prepare.corpus:
-            from megatron_bliss.pipeline.prepare import prepare_shards
-
-            tokenizer, shards, valid = prepare_shards(
-                self.config.prepare, self.run_dir, self.config.tokenizer, self.config.rounds() + 1
-            )
-            pretrain = self.config.pretrain
-            if valid:
-                pretrain = merge(pretrain, {"data": {"valid_prefix": valid}})
-            self.config = dataclasses.replace(
-                self.config, tokenizer=tokenizer, shards=shards, pretrain=pretrain
-            )
+        self.config = prepare_data(self.config, self.run_dir)
         rounds = [self._warmup()]
         for r in range(1, self.config.rounds() + 1):
             rounds.append(self._round(r, rounds[-1]))
@@ -416,6 +405,33 @@ def _replace(source: Path, destination: Path) -> None:
     elif destination.exists():
         destination.unlink()
     os.replace(source, destination)
+
+
+def prepare_data(config: PipelineConfig, run_dir: Path) -> PipelineConfig:
+    """The config with what the prepare stages made filled in: tokenizer, shards and validation
+    shard from ``prepare.corpus``; the selection part of the target set and its held-out shard
+    (``data.valid_sets.target``) when ``target_heldout_fraction`` is set."""
+    from megatron_bliss.pipeline.prepare import prepare_shards, split_target_set
+
+    pretrain = config.pretrain
+    if config.prepare.corpus:
+        prepared = prepare_shards(config.prepare, run_dir, config.tokenizer, config.rounds() + 1)
+        if prepared.valid:
+            pretrain = merge(pretrain, {"data": {"valid_prefix": prepared.valid}})
+        config = dataclasses.replace(
+            config, tokenizer=prepared.tokenizer, shards=prepared.shards, pretrain=pretrain
+        )
+    if config.target_heldout_fraction > 0:
+        if config.tokenizer is None:
+            raise ConfigError("target_heldout_fraction needs a tokenizer (or prepare.corpus)")
+        pool = config.prepare.corpus + config.prepare.warmup_corpus
+        split = split_target_set(
+            config.target_data, config.target_heldout_fraction, run_dir / "data",
+            config.tokenizer, pool,
+        )  # fmt: skip
+        pretrain = merge(pretrain, {"data": {"valid_sets": {"target": split.heldout_prefix}}})
+        config = dataclasses.replace(config, target_data=split.select, pretrain=pretrain)
+    return config
 
 
 def run_pipeline(config: PipelineConfig, hooks: PipelineHooks | None = None) -> dict[str, Any]:

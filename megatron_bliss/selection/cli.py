@@ -71,6 +71,7 @@ class SelectConfig:
     dsir: dict = field(default_factory=dict)
     perplexity: dict = field(default_factory=dict)
     mates: dict = field(default_factory=dict)
+    reducible: dict = field(default_factory=dict)
 
 
 def method_config(config: SelectConfig, method: str, where: str = "config"):

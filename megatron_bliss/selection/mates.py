@@ -11,8 +11,8 @@
    ``pythia-14m`` / ``llama-tiny``, trained from scratch), mean pooling over tokens and a linear
    head, MSE on z-scored labels, 90/10 split, best epoch by held-out Spearman correlation.
 3. **Scoring.** The regressor is the project's shared ``ScoreModel`` (backbone, mean pooling,
-   linear head, sigmoid) trained so that its logit predicts the *negated* z-scored label, so
-   ``score = sigmoid(logit)`` is monotone in -predicted post-step loss (higher = more useful) and
+   linear head, sigmoid) trained so that its logit predicts the *negated* z-scored label, so the
+   score (the logit) is monotone in -predicted post-step loss (higher = more useful) and
    the saved ``score_model/`` is read by ``megatron-bliss score`` unchanged. The selection rule's
    Gumbel-top-k (MATES: temperature 0.5 on the raw prediction) picks the subset.
 
@@ -333,7 +333,7 @@ class MatesSelector(Selector):
         logger.info("mates: %s", self.metrics)
 
     def score(self) -> np.ndarray:
-        """``sigmoid(predicted usefulness)`` of every pool sequence (monotone in -predicted
+        """The predicted usefulness (logit) of every pool sequence (monotone in -predicted
         post-step target loss), float32: the same numbers ``megatron-bliss score`` gives."""
         if self.regressor is None:
             self.fit()
@@ -353,7 +353,7 @@ class MatesSelector(Selector):
         metadata = {
             "method": self.name,
             "seq_length": self.context.pool.seq_length,
-            "score": "sigmoid(-(predicted z-scored target loss after one AdamW step))",
+            "score": "-(predicted z-scored target loss after one AdamW step)",
             "pooling": "mean",
             "probe": asdict(self.probe_settings()),
             **self.metrics,

@@ -11,6 +11,7 @@ SELECTORS: dict[str, str] = {
     "dsir": "megatron_bliss.selection.dsir:DsirSelector",
     "perplexity": "megatron_bliss.selection.perplexity:PerplexitySelector",
     "mates": "megatron_bliss.selection.mates:MatesSelector",
+    "reducible": "megatron_bliss.selection.reducible:ReducibleSelector",
 }
 
 

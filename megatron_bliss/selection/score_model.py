@@ -1,7 +1,8 @@
 """The BLISS score model: a transformer backbone, mean pooling, ``Linear(h, 1)``, sigmoid.
 
 One score in (0, 1) per sequence (the authors' ``GPTRegression``: average over all token positions
-of the final normed hidden states). In round 1 the backbone starts from the warm-up proxy with a
+of the final normed hidden states). Pools are ranked by the logit (``ScoreModel.logits``, the
+sigmoid's argument in float32): the same order, without the ties a saturated sigmoid makes. In round 1 the backbone starts from the warm-up proxy with a
 new head; later rounds load the previous round's ``score_model/`` directory, which holds
 
     model.safetensors   backbone + head weights
@@ -45,9 +46,14 @@ class ScoreModel(nn.Module):
         return torch.sigmoid(self.logits(input_ids))
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The sigmoid's argument, pooled and projected in at least float32 even under bf16
+        autocast: a saturated sigmoid in bf16 rounds the top of a ranking into ties."""
         hidden = self.backbone(input_ids=input_ids).last_hidden_state
-        pooled = hidden.to(self.head.weight.dtype).mean(dim=1)
-        return self.head(pooled).squeeze(-1)
+        dtype = torch.promote_types(self.head.weight.dtype, torch.float32)
+        pooled = hidden.to(dtype).mean(dim=1)
+        with torch.autocast(pooled.device.type, enabled=False):
+            weight, bias = self.head.weight.to(dtype), self.head.bias.to(dtype)
+            return torch.nn.functional.linear(pooled, weight, bias).squeeze(-1)
 
     @classmethod
     def from_causal_lm(cls, lm: nn.Module, head_init_std: float = 0.02, seed: int = 0):

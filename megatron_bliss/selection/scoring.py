@@ -73,6 +73,12 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def ranking_scores(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """What ``scores.npy`` holds: a score model's logit (monotone in its sigmoid score), else the
+    model's own output."""
+    return model.logits(inputs) if hasattr(model, "logits") else model(inputs)
+
+
 def score_range(
     model: torch.nn.Module,
     pool: SequencePool,
@@ -91,7 +97,7 @@ def score_range(
         for begin in range(start, stop, batch_size):
             end = min(stop, begin + batch_size)
             inputs = sequence_inputs(pool, begin, end).to(device, non_blocking=True)
-            out[begin - start : end - start] = model(inputs).float().cpu().numpy()
+            out[begin - start : end - start] = ranking_scores(model, inputs).float().cpu().numpy()
     model.train(was_training)
     return out
 

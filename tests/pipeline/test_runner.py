@@ -7,6 +7,7 @@ finished once and every later run must skip it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,7 +115,8 @@ def test_pipeline_resumes_after_a_kill_in_each_stage(pipeline_inputs, tmp_path):
     summary = json.loads((tmp_path / "run/pipeline.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
     assert summary["rounds"][1]["tokens"] == (4 + 3) * 4 * 32
-    assert summary["rounds"][1]["flops"]["selection"] > 0
+    flops = summary["rounds"][1]["flops"]
+    assert flops["target_training"] > 0 and flops["selector_training"] > 0 and flops["scoring"] > 0
     selection = np.load(tmp_path / "run/round_1/selection.npy")
     scores = np.load(tmp_path / "run/round_1/scores.npy")
     assert (
@@ -190,16 +192,22 @@ def test_config_errors(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_prepares_shards_and_validates_from_a_raw_corpus(corpus_jsonl, tmp_path):
+    texts = [json.loads(line)["text"] for line in corpus_jsonl.read_text().splitlines()]
+    held_out = tmp_path / "held_out.jsonl"  # 20 new documents and 3 that are in the pool
+    rows = [" ".join(reversed(t.split())) for t in texts[:20]] + texts[:3]
+    held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
     inputs = {"shards": [], "tokenizer": None, "target": str(corpus_jsonl)}
     config = tiny_config(
         inputs, tmp_path / "run", method="random", num_rounds=1, tokenizer=None,
-        prepare={"corpus": [str(corpus_jsonl)], "valid_corpus": [str(corpus_jsonl)],
+        prepare={"corpus": [str(corpus_jsonl)], "valid_corpus": [str(held_out)],
                  "tokenizer_vocab_size": 300},
         eval={"enabled": False},
     )  # fmt: skip
     config.pretrain["logging"]["eval_interval"] = 2
     summary = run_pipeline(config)
     assert len(summary["rounds"]) == 2 and summary["valid_prefix"].endswith("valid_text_document")
+    manifest = json.loads(Path(summary["valid_prefix"] + ".json").read_text())
+    assert manifest["documents"] == 20  # the 3 pool documents were left out
     assert (tmp_path / "run/data/tokenizer/tokenizer.json").exists()
     lines = (tmp_path / "run/round_1/metrics.jsonl").read_text().splitlines()
     assert any("val_loss" in json.loads(line) for line in lines)

@@ -30,7 +30,8 @@ def scorer_dir(tmp_path_factory, tokenizer):
 
 
 def plain_loop_scores(scorer_dir, shard, seq_length=SEQ):
-    """The research-script loop: micro-batches of 4 pool sequences under no_grad."""
+    """The research-script loop: micro-batches of 4 pool sequences under no_grad (the score
+    model's logit: what scores.npy holds)."""
     from megatron_bliss.data.pool import SequencePool
 
     model = load_score_model(scorer_dir)
@@ -39,7 +40,7 @@ def plain_loop_scores(scorer_dir, shard, seq_length=SEQ):
     with torch.no_grad():
         for start in range(0, len(pool), 4):
             batch = torch.from_numpy(pool.batch(range(start, min(len(pool), start + 4))))
-            out.append(model(batch[:, :-1]).numpy())
+            out.append(model.logits(batch[:, :-1]).numpy())
     return np.concatenate(out)
 
 
