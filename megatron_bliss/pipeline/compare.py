@@ -67,6 +67,8 @@ def run_compare(config: PipelineConfig, root: str | Path | None = None) -> dict[
     root = Path(root or config.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     check_methods(config)
+    target_set = {"path": config.target_data, "format": config.target_format,
+                  "heldout_fraction": config.target_heldout_fraction}  # fmt: skip
     config = prepare_data(dataclasses.replace(config, run_dir=str(root)), root)
     seconds: dict[str, dict[int, float]] = {m: {} for m in config.compare.methods}
     for k in range(config.compare.seeds):
@@ -78,7 +80,7 @@ def run_compare(config: PipelineConfig, root: str | Path | None = None) -> dict[
             start = time.perf_counter()
             run_pipeline(method_config)
             seconds[method][k] = time.perf_counter() - start
-    result = collect(config, root, seconds)
+    result = {**collect(config, root, seconds), "target_set": target_set}
     atomic_write_json(root / "compare.json", result)
     from megatron_bliss.eval.compare_report import write_compare_report
 

@@ -29,6 +29,8 @@ class EvalSection:
     """Documents per task (quick runs); none: all."""
     batch_size: int = 8
     device: str | None = None
+    last_round_only: bool = False
+    """Evaluate only the last round's model (the held-out losses still cover every round)."""
 
 
 @dataclass

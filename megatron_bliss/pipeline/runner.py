@@ -236,12 +236,10 @@ class Pipeline:
 
     def _evaluate(self, r: int, checkpoints: str, upstream: str, step: int) -> None:
         c = self.config
-        if not c.eval.enabled:
+        if not c.eval.enabled or (c.eval.last_round_only and r != c.rounds()):
             return
         round_dir = self._round_dir(r)
-        marker = StageMarker(
-            round_dir, "eval", {"eval": dataclasses.asdict(c.eval), "up": upstream}
-        )
+        marker = StageMarker(round_dir, "eval", {"eval": _eval_inputs(c.eval), "up": upstream})
         if marker.done():
             return
         self._before(r, "eval")
@@ -373,6 +371,11 @@ def _train_result(summary: dict[str, Any], run_dir: Path, previous_tokens: int) 
         "checkpoints": str(run_dir / "checkpoints"),
         "final_loss": summary.get("final_loss"),
     }
+
+
+def _eval_inputs(section) -> dict[str, Any]:
+    """What decides an evaluation's outputs (not which rounds get one)."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if k != "last_round_only"}
 
 
 def _selection_flops(by_kind: dict[str, float] | float) -> dict[str, float]:
