@@ -21,6 +21,7 @@ from megatron_bliss.eval.task_specs import (
     LocalTask,
     headline_metric,
     hub_offline,
+    hub_reachable,
     write_local_task_dir,
 )
 from megatron_bliss.utils.dirs import check_dir_creatable
@@ -96,6 +97,9 @@ def _load_tasks(manager, names: list[str], local: dict[str, LocalTask], with_ppl
             skipped[name] = "no --ppl-data file given"
             continue
         lm_eval_name = local[name].local_task_name if name in local else name
+        if name not in local and not hub_offline() and not hub_reachable():
+            skipped[name] = "data not local and the hub is not reachable (no connection in 3 s)"
+            continue
         try:
             loaded[name] = manager.load([lm_eval_name])["tasks"][lm_eval_name]
         except Exception as error:

@@ -49,15 +49,30 @@ def run_configs(config: PipelineConfig, root: Path, k: int) -> tuple[PipelineCon
     )
     warmup = dataclasses.replace(shared, run_dir=str(seed_dir(root, k) / "warmup"), num_rounds=0)
     methods = {
-        method: dataclasses.replace(
+        name: dataclasses.replace(
             shared,
-            method=method,
-            run_dir=str(seed_dir(root, k) / method),
+            **resolve_method(config, name),
+            run_dir=str(seed_dir(root, k) / name),
             reuse_warmup=str(Path(warmup.run_dir) / "round_0"),
         )
-        for method in config.compare.methods
+        for name in config.compare.methods
     }
     return warmup, methods
+
+
+def resolve_method(config: PipelineConfig, name: str) -> dict[str, Any]:
+    """``method`` and ``select`` of a method name or of a named variant of ``compare.variants``."""
+    from megatron_bliss.config import merge
+
+    variant = config.compare.variants.get(name)
+    if variant is None:
+        return {"method": name, "select": config.select}
+    unknown = set(variant) - {"method", "select"}
+    if unknown or "method" not in variant:
+        raise ConfigError(
+            f"compare.variants.{name}: expected 'method' and optional 'select', got {sorted(variant)}"
+        )
+    return {"method": variant["method"], "select": merge(config.select, variant.get("select", {}))}
 
 
 def run_compare(config: PipelineConfig, root: str | Path | None = None) -> dict[str, Any]:
@@ -93,7 +108,9 @@ def check_methods(config: PipelineConfig) -> None:
     from megatron_bliss.selection.registry import SELECTORS
 
     section = config.compare
-    unknown = [m for m in section.methods if m not in SELECTORS]
+    for name in section.methods:
+        resolve_method(config, name)
+    unknown = [m for m in section.methods if resolve_method(config, m)["method"] not in SELECTORS]
     if unknown:
         raise ConfigError(f"compare.methods: unknown {unknown} (known: {', '.join(SELECTORS)})")
     if len(set(section.methods)) != len(section.methods):
@@ -289,7 +306,9 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         overrides.append(f"compare.seeds={args.seeds}")
     config = load_pipeline_config(args.config, overrides)
-    for method in config.compare.methods:
-        preflight(dataclasses.replace(config, method=method), args.config, overrides)
+    for name in config.compare.methods:
+        preflight(
+            dataclasses.replace(config, **resolve_method(config, name)), args.config, overrides
+        )
     run_compare(config, args.run_dir)
     return 0

@@ -43,6 +43,9 @@ class CompareSection:
     """Seed k runs the pipeline with ``seed + k * seed_stride``."""
     baseline: str = "random"
     """The method whose final target-set loss the others' tokens-to-reach figures refer to."""
+    variants: dict[str, dict] = field(default_factory=dict)
+    """Named variants usable in ``methods``: ``{name: {method: bliss, select: {bliss: {...}}}}``
+    (the ``select`` part is merged over the config's); they share every seed's warm-up."""
 
 
 @dataclass

@@ -150,3 +150,18 @@ def test_metrics_every_log_interval_and_at_the_last_step(make_config, tmp_path):
     pretrain(make_config("sparse", **{"train.train_steps": 6, "logging.log_interval": 4}))
     steps = [r["step"] for r in read_metrics(tmp_path / "sparse") if "loss" in r]
     assert steps == [4, 6]
+
+
+def test_named_held_out_sets_are_logged_beside_val_loss(make_config, tiny_shard, tmp_path):
+    from megatron_bliss.data.shards import split_indexed
+
+    second = split_indexed(tiny_shard, 2, str(tmp_path / "held"))[1]
+    config = make_config(
+        "named", **{"train.train_steps": 2, "data.valid_prefix": tiny_shard,
+                    "logging.eval_interval": 2, "deepspeed.config": "ds_configs/cpu_zero2.json"}
+    )  # fmt: skip
+    config.data.valid_sets = {"other": second}
+    pretrain(config)
+    (record,) = [r for r in read_metrics(tmp_path / "named") if "val_loss" in r]
+    assert np.isfinite(record["val_loss"]) and np.isfinite(record["val_loss/other"])
+    assert record["val_loss"] != record["val_loss/other"]

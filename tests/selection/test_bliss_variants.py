@@ -1,0 +1,104 @@
+"""BLISS's default variant against explicit definitions: the adam direction, the graph-free
+per-sample dots, the standardized signal, and the ``paper`` variant's settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_bliss.models.presets import build_model
+from megatron_bliss.selection.bliss import PAPER_SETTINGS, BlissSelector
+from megatron_bliss.selection.hypergrad import (
+    LowerGraph,
+    fd_sample_dots,
+    jvp_sample_dots,
+    normalize_dots,
+    surrogate_loss,
+)
+from megatron_bliss.selection.proxy import lm_logits, sdpa_math, sequence_ce
+from megatron_bliss.selection.solvers import Direction, SolverSettings
+
+
+@pytest.fixture(scope="module")
+def model_and_tokens():
+    torch.manual_seed(0)
+    model = build_model("pythia-tiny", 512, 33, attn_implementation="sdpa").double()
+    tokens = torch.randint(0, 512, (5, 17))
+    z = [torch.randn_like(p) for p in model.parameters()]
+    return model, tokens, z
+
+
+def graph_dots(model, tokens, z):
+    with sdpa_math():
+        ce = sequence_ce(lm_logits(model, tokens), tokens)
+        weights = torch.full((len(tokens),), 1.0 / len(tokens), dtype=torch.float64)
+        return LowerGraph(list(model.parameters()), ce, weights).sample_dots(z)
+
+
+def test_jvp_dots_equal_the_double_backward_dots(model_and_tokens):
+    model, tokens, z = model_and_tokens
+    with sdpa_math():
+        jvp = jvp_sample_dots(
+            model, {"input_ids": tokens[:, :-1]}, lambda out: sequence_ce(out.logits, tokens), z
+        )
+    torch.testing.assert_close(jvp, graph_dots(model, tokens, z), rtol=1e-10, atol=1e-12)
+
+
+def test_finite_difference_dots_match_and_leave_the_parameters_unchanged(model_and_tokens):
+    model, tokens, z = model_and_tokens
+    before = [p.detach().clone() for p in model.parameters()]
+    fd = fd_sample_dots(model, lambda m: sequence_ce(lm_logits(m, tokens), tokens), z, 1e-5)
+    torch.testing.assert_close(fd, graph_dots(model, tokens, z), rtol=1e-6, atol=1e-9)
+    for parameter, saved in zip(model.parameters(), before):
+        assert torch.equal(parameter, saved)
+
+
+def test_adam_direction_is_the_bias_corrected_moment_ratio():
+    settings = SolverSettings(name="adam", adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-3)
+    direction = Direction(settings)
+    gradients = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 1.0, -1.0])]
+    m = torch.zeros(3, dtype=torch.float64)
+    v = torch.zeros(3, dtype=torch.float64)
+    for t, g in enumerate(gradients, start=1):
+        z, _ = direction(None, [g])
+        m = 0.8 * m + 0.2 * g.double()
+        v = 0.9 * v + 0.1 * g.double() ** 2
+        expected = (m / (1 - 0.8**t)) / ((v / (1 - 0.9**t)).sqrt() + 1e-3)
+        torch.testing.assert_close(z[0].double(), expected, rtol=1e-6, atol=1e-7)
+    assert not direction.needs_hvp
+
+
+def test_standardized_signal_has_zero_mean_unit_std_and_its_surrogate_is_the_hypergradient():
+    dots = torch.tensor([3.0, -1.0, 0.5, 10.0], dtype=torch.float64)
+    signal = normalize_dots(dots, "standardize")
+    assert float(signal.mean()) == pytest.approx(0.0, abs=1e-12)
+    assert float(signal.std()) == pytest.approx(1.0)
+    assert torch.equal(normalize_dots(dots, "none"), dots)
+    # with the standardized c, d(surrogate)/d(s_i) = -P_i (c_i - sum_j P_j c_j) as for raw c
+    scores = torch.tensor([0.2, 0.4, 0.6, 0.1], dtype=torch.float64, requires_grad=True)
+    surrogate_loss(scores, signal).backward()
+    weights = torch.softmax(scores.detach(), 0)
+    expected = -weights * (signal - (weights * signal).sum())
+    torch.testing.assert_close(scores.grad, expected)
+
+
+def test_paper_variant_applies_the_authors_settings_over_the_keys():
+    config = BlissSelector.Config(variant="paper", solver="adam", normalize="standardize",
+                                  dots="fd", upper_batch_size=64)  # fmt: skip
+    for name, value in PAPER_SETTINGS.items():
+        assert getattr(config, name) == value
+    assert config.draws_per_step == config.batch_size
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"solver": "cg", "dots": "fd"}, "needs dots 'graph'"),
+        ({"normalize": "cosine"}, "normalize 'cosine'"),
+        ({"variant": "fast"}, "variant 'fast'"),
+        ({"upper_batch_size": 0}, "upper_batch_size must be >= 1"),
+    ],
+)
+def test_invalid_settings_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        BlissSelector.Config(**changes)
