@@ -12,6 +12,17 @@
    model on micro-batches of 4 gathered sequence by sequence, under ``torch.no_grad``). Target:
    >= 1.5x on CPU. Both timed after a warm-up pass, in the same process.
 
+3. One BLISS outer step (the shipped default: inner step, grad f, the adam direction, c_i by
+   finite differences, the score-model step) against one plain AdamW step of the proxy on the
+   same batch (``--step-batch`` sequences: inner batch, draws and target batch all that size).
+   Target: <= 6x (the physical floor is about 5 forward-backward equivalents).
+4. The hypergradient of the score model on one batch with a fixed z: this project's form (c_i by
+   finite differences, one backward of ``-sum_i softmax(s)_i c_i``) against the authors' per-sample
+   formulation (a loop over the micro-batch: backward of each s_i for its score-model gradient
+   and of each CE_i for g_i, then ``-sum_i P_i (grad s_i - sum_j P_j grad s_j) (g_i . z)``); the
+   two must agree (cosine reported). Target: >= 5x faster.
+Items 3-4 are medians of ``--repeats`` timings after a warm-up call, in the same process.
+
 Pool: real C4 (``../shared/data/c4``; the built-in corpus when absent), 4k byte-level BPE.
 """
 
@@ -57,6 +68,88 @@ def plain_loop(model, pool, count: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: the first call of a shape is slower
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def outer_step_cost(selector: BlissSelector, batch: int, repeats: int) -> dict:
+    """Seconds of one outer step vs one plain proxy training step, both on ``batch`` sequences."""
+    import copy
+
+    from megatron_bliss.selection.proxy import lm_logits, pool_batch, sequence_ce
+
+    config = selector.config
+    selector.config = dataclasses.replace(
+        config, batch_size=batch, upper_batch_size=batch, target_batch_size=batch
+    )
+    state = selector.loop_state()
+    outer = median_seconds(lambda: selector.outer_step(state), repeats)
+    selector.config = config
+    proxy = copy.deepcopy(selector.proxy).train()
+    optimizer = torch.optim.AdamW(proxy.parameters(), lr=1e-4)
+    tokens = pool_batch(selector.context.pool, np.arange(batch), selector.context.device)
+
+    def plain_step():
+        loss = sequence_ce(lm_logits(proxy, tokens), tokens).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(proxy.parameters(), 1.0)
+        optimizer.step()
+
+    plain = median_seconds(plain_step, repeats)
+    return {"batch": batch, "outer_step_seconds": round(outer, 4),
+            "plain_step_seconds": round(plain, 4), "outer_over_plain": round(outer / plain, 2)}  # fmt: skip
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def hypergradient_cost(selector: BlissSelector, batch: int, repeats: int) -> dict:
+    """This project's hypergradient against the authors' per-sample loop, same z, same batch."""
+    from megatron_bliss.selection.hypergrad import (
+        explicit_hypergradient,
+        fd_sample_dots,
+        surrogate_loss,
+    )
+    from megatron_bliss.selection.proxy import lm_logits, pool_batch, sequence_ce
+
+    proxy, score_model = selector.proxy, selector.score_model
+    z = selector.direction.moments.current() if selector.direction.moments else None
+    z = z or [torch.randn_like(p) for p in proxy.parameters()]
+    tokens = pool_batch(selector.context.pool, np.arange(batch), selector.context.device)
+    score_params = list(score_model.parameters())
+
+    def batched():
+        scores = score_model(tokens[:, :-1])
+        dots = fd_sample_dots(proxy, lambda m: sequence_ce(lm_logits(m, tokens), tokens), z)
+        return _flat(torch.autograd.grad(surrogate_loss(scores, dots), score_params))
+
+    def per_sample():
+        grads, dots, scores = [], [], []
+        for row in tokens:
+            score = score_model(row[None, :-1])[0]
+            grads.append(_flat(torch.autograd.grad(score, score_params)))
+            ce = sequence_ce(lm_logits(proxy, row[None]), row[None])[0]
+            g = torch.autograd.grad(ce, list(proxy.parameters()))
+            dots.append(sum((gi * zi).sum() for gi, zi in zip(g, z)))
+            scores.append(score.detach())
+        weights = torch.softmax(torch.stack(scores), 0)
+        return explicit_hypergradient(torch.stack(grads), weights, torch.stack(dots).detach())
+
+    ours, theirs = batched(), per_sample()
+    cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
+    fast, slow = median_seconds(batched, repeats), median_seconds(per_sample, repeats)
+    return {"batch": batch, "batched_seconds": round(fast, 4), "per_sample_seconds": round(slow, 4),
+            "speedup": round(slow / fast, 2), "cosine": round(cosine, 6)}  # fmt: skip
+
+
 def timed(fn, *args):
     start = time.perf_counter()
     result = fn(*args)
@@ -76,6 +169,8 @@ def main(argv=None) -> int:
         "from the measured seconds per step and per warm-up step)",
     )  # fmt: skip
     parser.add_argument("--proxy-warmup-steps", type=int, default=None)
+    parser.add_argument("--step-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     setup_logging()
     torch.manual_seed(0)
@@ -148,6 +243,8 @@ def main(argv=None) -> int:
         "spearman_auto_vs_float32": round(float(spearmanr(fast, fp32).statistic), 5),
         "bliss_flops": selector.flops,
         "outer_steps_run": bliss_config.outer_steps,
+        "outer_step": outer_step_cost(selector, args.step_batch, args.repeats),
+        "hypergradient": hypergradient_cost(selector, args.step_batch, args.repeats),
     }
     per_step = selector.seconds["bilevel"] / bliss_config.outer_steps
     per_warmup = selector.seconds["warmup"] / max(1, bliss_config.proxy_warmup_steps)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
-import socket
 from pathlib import Path
 
 from megatron_bliss.data.builtin_corpus import write_builtin_jsonl
+from megatron_bliss.utils.hub import hub_reachable
 from megatron_bliss.utils.paths import shared_data_dir
 
 logger = logging.getLogger(__name__)
@@ -27,17 +26,6 @@ C4_SAMPLE_FILES = (
 )
 SMOKE_LABEL = "smoke run: built-in Python documentation text"
 HUB_TOKENIZER = "EleutherAI/pythia-160m"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when offline mode is set or huggingface.co does not answer quickly."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _hub_c4_slice(workdir: Path, documents: int = 2000) -> Path | None:

@@ -20,11 +20,10 @@ from megatron_bliss.eval.task_specs import (
     PPL_TASK,
     LocalTask,
     headline_metric,
-    hub_offline,
-    hub_reachable,
     write_local_task_dir,
 )
 from megatron_bliss.utils.dirs import check_dir_creatable
+from megatron_bliss.utils.hub import hub_offline, hub_reachable
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)

@@ -8,11 +8,8 @@ run writes its own copies with absolute paths into a temporary include folder.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,25 +203,3 @@ def write_local_task_dir(
             include_dir / f"{PPL_TASK}.yaml",
         )
     return chosen
-
-
-@functools.cache
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """One TCP connection to the hub (``HF_ENDPOINT`` when set) within ``timeout_s``: on an
-    offline cluster node the hub client would otherwise retry each task for ~25 s."""
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def hub_offline() -> bool:
-    return any(
-        os.environ.get(var, "").lower() in ("1", "true", "yes")
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )

@@ -269,7 +269,8 @@ class BlissSelector(Selector):
         schedule = cosine_with_warmup(c.outer_steps, c.warmup_fraction)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    def _train(self) -> None:
+    def loop_state(self) -> LoopState:
+        """Optimizers, schedules, the batch stream and the direction of the bilevel loop."""
         c = self.config
         proxy_opt, proxy_sched = self._optimizer(self.proxy, c.lr_proxy)
         score_opt, score_sched = self._optimizer(self.score_model, c.lr_score)
@@ -283,6 +284,23 @@ class BlissSelector(Selector):
                 adam_beta2=c.adam_beta2, adam_eps=c.adam_eps,
             )
         )  # fmt: skip
+        return LoopState(proxy_opt, proxy_sched, score_opt, score_sched, sampler, direction)
+
+    def outer_step(self, state: LoopState) -> dict:
+        """``inner_steps`` proxy steps, then one score-model step; returns the step's record."""
+        for _ in range(self.config.inner_steps):
+            lower_loss = self._lower_step(
+                state.sampler.train(self.config.batch_size), state.proxy_opt
+            )
+        state.proxy_sched.step()
+        record = self._upper_step(state.sampler, state.direction, state.score_opt)
+        state.score_sched.step()
+        record["lower_loss"] = lower_loss
+        return record
+
+    def _train(self) -> None:
+        c = self.config
+        state = self.loop_state()
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
@@ -290,27 +308,25 @@ class BlissSelector(Selector):
             range(c.outer_steps), desc="bliss", leave=False, disable=hg.rank() != 0 or None
         )
         for step in progress:
-            for _ in range(c.inner_steps):
-                lower_loss = self._lower_step(sampler.train(c.batch_size), proxy_opt)
-            proxy_sched.step()
-            record = self._upper_step(sampler, direction, score_opt)
-            score_sched.step()
-            record.update(step=step + 1, lower_loss=lower_loss)
+            record = {"step": step + 1, **self.outer_step(state)}
             self.history.append(record)
             if (step + 1) % c.log_interval == 0 or step + 1 == c.outer_steps:
                 progress.set_postfix(
                     std=f"{record['score_std']:.4f}", f=f"{record['target_loss']:.3f}"
                 )
-                residual = record["residual"]  # only cg measures one
-                logger.info(
-                    "bliss step %d: target loss %.4f, lower loss %.4f, scores mean %.4f std %.4f "
-                    "[%.4f, %.4f]%s",
-                    step + 1, record["target_loss"], record["lower_loss"], record["score_mean"],
-                    record["score_std"], record["score_min"], record["score_max"],
-                    "" if np.isnan(residual) else f", solver residual {residual:.3g}",
-                )  # fmt: skip
+                self._log_step(record)
         self.seconds["bilevel"] += time.perf_counter() - start
-        self.direction = direction
+        self.direction = state.direction
+
+    def _log_step(self, record: dict) -> None:
+        residual = record["residual"]  # only cg measures one
+        logger.info(
+            "bliss step %d: target loss %.4f, lower loss %.4f, scores mean %.4f std %.4f "
+            "[%.4f, %.4f]%s",
+            record["step"], record["target_loss"], record["lower_loss"], record["score_mean"],
+            record["score_std"], record["score_min"], record["score_max"],
+            "" if np.isnan(residual) else f", solver residual {residual:.3g}",
+        )  # fmt: skip
 
     def _local(self, indices: np.ndarray) -> np.ndarray:
         per_rank = len(indices) // hg.world_size()
@@ -566,6 +582,16 @@ def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tens
     with torch.no_grad():
         losses = sequence_ce(lm_logits(model, tokens), tokens)
     return losses.cpu().numpy(), squared.sqrt().cpu().numpy()
+
+
+@dataclass
+class LoopState:
+    proxy_opt: torch.optim.Optimizer
+    proxy_sched: torch.optim.lr_scheduler.LRScheduler
+    score_opt: torch.optim.Optimizer
+    score_sched: torch.optim.lr_scheduler.LRScheduler
+    sampler: BatchSampler
+    direction: Direction
 
 
 class BatchSampler:
