@@ -3,12 +3,17 @@
 1. Data: resolve a corpus and a tokenizer (``--corpus``; else the C4 sample in ../shared/data; else a
    slice of allenai/c4 from the hub; else Python's own documentation text, labelled a smoke run),
    preprocess it with 2 workers into a Megatron indexed dataset and check it reads back exactly.
-2. Pipeline: hold out target-set and perplexity documents, then run the tiny CPU pipeline
-   (``configs/pipeline_tiny_cpu.yaml``): a small BPE, 3 shards, a 2-rank ZeRO-3 warm-up of the
-   target, 2 BLISS rounds (bilevel proxy + score model, shard scoring, top 20%), each followed by
-   target training, export to Hugging Face format and lm-eval evaluation.
-3. The same rounds with random selection from the same warm-up, at the same token budget.
-4. ``report.md`` comparing both, with plots. Rerunning resumes where it stopped.
+2. Selection that has to pay, target-directed as the paper uses BLISS: the pool is the corpus,
+   the target set is LAMBADA passages (half seen by selection, half held out for the reported
+   loss). ``megatron-bliss compare`` with ``configs/compare_target_directed.yaml`` at demo size:
+   one warm-up of a tiny target, then two rounds each of BLISS, random and DSIR selection from it
+   at equal target-training tokens (bilevel proxy + score model, shard scoring, top 20%, target
+   training, export to Hugging Face format, lm-eval on the last round).
+3. ``report.md``: held-out target-set loss per method, the highest- and lowest-scored sequences,
+   and one sentence of outcome computed from the numbers, which the demo also prints.
+
+Without LAMBADA (no ../shared/data) the target set is a held-out tenth of the corpus instead (the
+in-distribution setting, labelled). Rerunning resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,13 +24,20 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from megatron_bliss.utils.paths import REPO_ROOT
 
 logger = logging.getLogger("megatron_bliss.demo")
 
-PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline_tiny_cpu.yaml"
+COMPARE_CONFIG = REPO_ROOT / "configs" / "compare_target_directed.yaml"
+# The benchmark's config at demo size (one seed, three methods, shorter rounds).
+DEMO_SETTINGS = [
+    "compare.seeds=1",
+    "compare.methods=[bliss,random,dsir]",
+    "warmup_steps=300",
+    "round_steps=80",
+    "select.bliss.outer_steps=60",
+    "eval.limit=20",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides",
         nargs="*",
-        help="pipeline overrides, e.g. round_steps=10 select.bliss.outer_steps=40",
+        help="compare/pipeline overrides, e.g. round_steps=40 select.bliss.outer_steps=40",
     )
 
 
@@ -74,10 +86,11 @@ def check_first_document(shard: str, corpus_file: Path, tokenizer) -> None:
 
 
 def split_corpus(corpus: list[Path], output: Path) -> dict[str, Path]:
-    """Hold out every 10th document as the target set and every 10th (offset 5) for perplexity."""
+    """Every 10th document held out as a target set (used only without LAMBADA) and every 10th
+    (offset 5) as held-out C4; the rest is the pool."""
     from megatron_bliss.data.tokenizer_training import corpus_texts
 
-    paths = {name: output / f"{name}.jsonl" for name in ("pool", "target", "ppl")}
+    paths = {name: output / f"{name}.jsonl" for name in ("pool", "target", "heldout")}
     if all(p.exists() for p in paths.values()):
         return paths
     index = 0
@@ -88,49 +101,38 @@ def split_corpus(corpus: list[Path], output: Path) -> dict[str, Path]:
         for text in corpus_texts([str(f) for f in corpus]):
             if not text.strip():
                 continue
-            name = "target" if index % 10 == 0 else "ppl" if index % 10 == 5 else "pool"
+            name = "target" if index % 10 == 0 else "heldout" if index % 10 == 5 else "pool"
             handles[name].write(json.dumps({"text": text}) + "\n")
             index += 1
     for path in paths.values():
         path.with_suffix(".tmp").replace(path)
-    logger.info("split %d documents into pool / target set / perplexity set", index)
+    logger.info("split %d documents into pool / target set / held-out C4", index)
     return paths
 
 
-def run_pipelines(splits: dict[str, Path], output: Path, overrides: list[str]) -> list[Path]:
-    """Steps 2 and 3: BLISS, then random selection from the same warm-up and data."""
+def demo_config(splits: dict[str, Path], output: Path, overrides: list[str]):
+    """The compare config: the shipped target-directed one at demo size, on the resolved data."""
+    from megatron_bliss.data.sources import resolve_target_set, resolve_warmup_corpus
     from megatron_bliss.pipeline.config import load_pipeline_config
-    from megatron_bliss.pipeline.runner import run_pipeline
 
-    common = [f"target_data={splits['target']}", f"eval.ppl_data={splits['ppl']}", *overrides]
-    bliss = load_pipeline_config(
-        PIPELINE_CONFIG,
-        [
-            f"run_dir={output / 'bliss'}",
-            f"prepare.corpus=[{splits['pool']}]",
-            f"prepare.valid_corpus=[{splits['ppl']}]",
-            *common,
-        ],
-    )
-    summary = run_pipeline(bliss)
-    shards = [r["data_prefix"] for r in summary["rounds"]]
-    valid = summary["valid_prefix"]
-    random = load_pipeline_config(
-        PIPELINE_CONFIG,
-        [
-            f"run_dir={output / 'random'}", "method=random", "prepare.corpus=[]",
-            "prepare.valid_corpus=[]", f"shards=[{', '.join(shards)}]",
-            f"tokenizer={summary['tokenizer']}", f"pretrain.data.valid_prefix={valid}",
-            f"reuse_warmup={output / 'bliss' / 'round_0'}", *common,
-        ],
-    )  # fmt: skip
-    run_pipeline(random)
-    return [output / "bliss", output / "random"]
+    lambada, label = resolve_target_set()
+    if lambada is None:
+        logger.warning("%s: the target set is a held-out tenth of the corpus instead", label)
+    warmup = resolve_warmup_corpus()
+    data = [
+        f"run_dir={output / 'compare'}",
+        f"prepare.corpus=[{splits['pool']}]",
+        f"prepare.warmup_corpus=[{', '.join(str(p) for p in warmup)}]",
+        f"prepare.valid_corpus=[{splits['heldout']}]",
+        f"target_data={lambada or splits['target']}",
+        f"eval.ppl_data={splits['heldout']}",
+    ]
+    return load_pipeline_config(COMPARE_CONFIG, [*data, *DEMO_SETTINGS, *overrides]), label
 
 
 def run(args: argparse.Namespace) -> int:
     from megatron_bliss.data.sources import SMOKE_LABEL, resolve_corpus, resolve_tokenizer
-    from megatron_bliss.eval.report import write_report
+    from megatron_bliss.pipeline.compare import run_compare
 
     output = Path(args.output).resolve()
     corpus, corpus_label = resolve_corpus(args.corpus, output / "inputs")
@@ -139,41 +141,34 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("SMOKE RUN: no C4 available; using Python's documentation text")
     data = preprocess_showcase(corpus, tokenizer, output / "preprocessed")
     splits = split_corpus(corpus, output / "inputs")
-    runs = run_pipelines(splits, output, list(args.overrides))
-    write_report([str(r) for r in runs], output=str(output))
-    print(demo_summary(output, corpus_label, tokenizer_label, data, runs))
+    config, target_label = demo_config(splits, output, list(args.overrides))
+    result = run_compare(config)
+    labels = {"corpus": corpus_label, "tokenizer": tokenizer_label, "target set": target_label}
+    print(demo_summary(output / "compare", labels, data, result))
     return 0
 
 
-def demo_summary(output: Path, corpus_label, tokenizer_label, data: dict, runs: list[Path]) -> str:
-    lines = [
-        "",
-        "megatron-bliss demo finished",
-        f"  corpus:     {corpus_label}",
-        f"  tokenizer:  {tokenizer_label}",
-        f"  preprocess: {data.get('documents')} documents, {data.get('tokens')} tokens -> {data['shard']}",
-    ]
-    for run_dir in runs:
-        summary = json.loads((run_dir / "pipeline.json").read_text())
-        for entry in summary["rounds"]:
-            round_dir = run_dir / entry["dir"]
-            ppl = _eval_value(round_dir, "c4_ppl", "word_perplexity")
-            kept = (
-                np.load(round_dir / "selection.npy").size
-                if (round_dir / "selection.npy").exists()
-                else 0
-            )
-            lines.append(
-                f"  {summary['method']:>6} round {entry['round']}: {entry['tokens']} target tokens, "
-                f"{kept} sequences selected, held-out word perplexity {ppl}"
-            )
-    lines.append(f"  report:     {output / 'report.md'}")
+def demo_summary(root: Path, labels: dict[str, str], data: dict, result: dict) -> str:
+    from megatron_bliss.eval.compare_report import outcome
+
+    lines = ["", "megatron-bliss demo finished"]
+    lines += [f"  {name + ':':<12}{label}" for name, label in labels.items()]
+    lines.append(f"  {'preprocess:':<12}{data.get('documents')} documents, {data.get('tokens')} "
+                 f"tokens -> {data['shard']}")  # fmt: skip
+    warmup = next(iter(result["warmup"].values()), {})
+    lines.append(
+        f"  {'warm-up:':<12}held-out target-set loss {_loss(warmup.get('target_loss'))} "
+        f"(unigram model {_loss(result['unigram'].get('target'))})"
+    )
+    for method in result["methods"]:
+        final = result["runs"][method]["0"]["rounds"][-1]
+        lines.append(
+            f"  {method + ':':<12}{final['tokens']:.0f} target tokens after the warm-up, held-out "
+            f"target-set loss {_loss(final['target_loss'])}, held-out C4 loss {_loss(final['c4_loss'])}"
+        )
+    lines += [f"  {'outcome:':<12}{outcome(result)}", f"  {'report:':<12}{root / 'report.md'}"]
     return "\n".join(lines)
 
 
-def _eval_value(round_dir: Path, task: str, metric: str) -> str:
-    path = round_dir / "eval.json"
-    if not path.exists():
-        return "n/a"
-    value = json.loads(path.read_text()).get(task, {}).get(metric)
-    return f"{value:.1f}" if isinstance(value, int | float) else "n/a"
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -22,8 +22,10 @@ logger = logging.getLogger(__name__)
 
 C4_SAMPLE_FILES = (
     "c4-en-train.00000-of-01024.first1000.jsonl",
-    "c4-en-demo.300docs.jsonl",
+    "c4-en-validation.2k.jsonl",
 )
+LAMBADA_FILE = "eval/lambada/lambada_test.jsonl"
+WARMUP_WEB_TEXT = "other/openwebtext-1000.jsonl"
 SMOKE_LABEL = "smoke run: built-in Python documentation text"
 HUB_TOKENIZER = "EleutherAI/pythia-160m"
 
@@ -59,6 +61,22 @@ def resolve_corpus(path: str | None, workdir: str | Path) -> tuple[list[Path], s
         files, label = [write_builtin_jsonl(workdir / "builtin_corpus.jsonl")], SMOKE_LABEL
     logger.info("corpus: %s (%d file(s))", label, len(files))
     return files, label
+
+
+def resolve_target_set() -> tuple[Path | None, str]:
+    """(LAMBADA passages, label) from ``shared_data_dir()`` for the target-directed setting, or
+    (None, why) when they are not there."""
+    shared = shared_data_dir()
+    if shared and (shared / LAMBADA_FILE).is_file():
+        return shared / LAMBADA_FILE, "LAMBADA passages from ../shared/data/eval"
+    return None, "no LAMBADA file in ../shared/data"
+
+
+def resolve_warmup_corpus() -> list[Path]:
+    """Web text that only the warm-up trains on (OpenWebText from ``shared_data_dir()``), or []."""
+    shared = shared_data_dir()
+    path = shared / WARMUP_WEB_TEXT if shared else None
+    return [path] if path is not None and path.is_file() else []
 
 
 def _shared_c4(shared: Path) -> list[Path]:
