@@ -44,12 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from planted_pool_auc import build_pool, load_texts
 
-from megatron_bliss.config import from_dict
 from megatron_bliss.data.target_set import TargetSet
 from megatron_bliss.models.presets import build_model, padded_vocab_size
 from megatron_bliss.selection.base import SelectionContext
 from megatron_bliss.selection.bliss import BlissSelector
-from megatron_bliss.selection.cli import load_select_config
+from megatron_bliss.selection.config import load_select_config
 from megatron_bliss.selection.proxy import freeze, warmup_lm
 from megatron_bliss.selection.scoring import resolve_precision, score_range
 from megatron_bliss.utils.io import atomic_write_json
@@ -175,8 +174,7 @@ def main(argv=None) -> int:
     setup_logging()
     torch.manual_seed(0)
     select = load_select_config(args.config)
-    bliss_config = from_dict(BlissSelector.Config, select.bliss)
-    full = bliss_config
+    full = select.method_config("bliss")
     bliss_config = dataclasses.replace(
         full,
         outer_steps=args.outer_steps or full.outer_steps,

@@ -122,11 +122,11 @@ def run_plain(config, warmup: int) -> dict:
 
     from megatron_bliss.data.training_dataset import DataSource, TrainingDataset
     from megatron_bliss.engine.batches import BatchOptions, make_batch, masked_lm_loss
-    from megatron_bliss.engine.config import resolve_device
+    from megatron_bliss.engine.config import device_type
     from megatron_bliss.engine.trainer import parameter_groups
     from megatron_bliss.models.loading import build_training_model
 
-    device = torch.device(resolve_device(config))
+    device = torch.device(device_type(config))
     train = config.train
     model = build_training_model(config.model, config.model.vocab_size, train.seed, None)
     if config.model.gradient_checkpointing:

@@ -18,11 +18,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from megatron_bliss.errors import ConfigError  # raised here; importable from here as before
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line meant for the user."""
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -96,14 +94,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys are errors, missing keys keep defaults."""
     hints = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}' ({hint}known: {', '.join(sorted(names))})"
-        )
+    check_known_keys(data, [f.name for f in dataclasses.fields(cls) if f.init], where)
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
@@ -111,6 +102,16 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ConfigError(f"{where}: {error}") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: {error}") from None
+
+
+def check_known_keys(data: dict[str, Any], names, where: str) -> None:
+    """One line for the first key of ``data`` that is not in ``names``, with the closest one."""
+    names = sorted(set(names))
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' ({hint}known: {', '.join(names)})")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -25,6 +25,14 @@ FORMATS = ("documents", "last_word", "prompt_continuation")
 IGNORE_INDEX = -100
 
 
+def pad_id(tokenizer) -> int:
+    """The id that fills batches past an example's end (never scored): the tokenizer's pad token,
+    else GPT-NeoX's ``<|padding|>``, else 0."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.get_vocab().get("<|padding|>", 0))
+
+
 @dataclass
 class TargetExample:
     input_ids: np.ndarray  # int64, length n
@@ -119,8 +127,7 @@ class TargetSet:
             example = encode_example(tokenizer, context, scored, max_length)
             if (example.labels[1:] != IGNORE_INDEX).any():
                 examples.append(example)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return cls(examples, pad_id=pad, name=str(path))
+        return cls(examples, pad_id=pad_id(tokenizer), name=str(path))
 
     def __len__(self) -> int:
         return len(self.examples)

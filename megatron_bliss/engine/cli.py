@@ -34,15 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _launched_by_launcher() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def dry_run_world(config) -> dict:
-    from megatron_bliss.engine.config import resolve_device
+    from megatron_bliss.engine.config import device_type
     from megatron_bliss.engine.distributed import dry_run, init_distributed
 
-    context = init_distributed(resolve_device(config))
+    context = init_distributed(device_type(config))
     try:
         total = dry_run(context)
         return {"rank": context.rank, "world_size": context.world_size, "all_reduce": total}
@@ -52,6 +48,7 @@ def dry_run_world(config) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from megatron_bliss.engine.config import load_pretrain_config
+    from megatron_bliss.engine.distributed import launched_world_size, rank
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -67,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
         summary = pretrain(config)
         if summary["interrupted"]:
             code = exit_codes.INTERRUPTED
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank() == 0:
             report(summary)
-    if _launched_by_launcher():
+    if launched_world_size() > 1:
         # Multi-rank teardown in C++ occasionally aborts after a clean run (stack-notes, sec. 1):
         # the process group is already destroyed, so flush and leave without interpreter teardown.
         logging.shutdown()

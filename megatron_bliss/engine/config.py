@@ -304,14 +304,11 @@ def check_optimizer(config: PretrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: {key}={value} {rule}")
 
 
-def resolve_device(config: PretrainConfig) -> str:
-    import torch
+def device_type(config: PretrainConfig) -> str:
+    """``train.device`` as ``cuda`` or ``cpu`` (each rank's GPU index comes from LOCAL_RANK)."""
+    from megatron_bliss.utils.device import resolve_device
 
-    if config.train.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if config.train.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible")
-    return config.train.device
+    return resolve_device(config.train.device, "train.device").type
 
 
 def resolve_precision(config: PretrainConfig, device: str) -> str:

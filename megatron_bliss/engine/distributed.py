@@ -24,7 +24,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_bliss.utils.device import local_rank
+
 logger = logging.getLogger(__name__)
+
+
+def world_size() -> int:
+    """Ranks in the default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def free_port() -> int:
@@ -113,6 +125,20 @@ def rank0_failure_note(failed: Path, context: DistributedContext) -> Iterator[No
         raise
 
 
+def launched_world_size() -> int:
+    """The number of processes a launcher started (torchrun, deepspeed, srun), 1 for plain python."""
+    _from_slurm()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def join_launched_group(device_type: str) -> DistributedContext | None:
+    """Under a launcher, join the process group exactly as ``pretrain`` does (SLURM variables,
+    timeout, backend); a plain single process stays without one (no DeepSpeed import)."""
+    if launched_world_size() > 1 or dist.is_initialized():
+        return init_distributed(device_type)
+    return None
+
+
 def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> DistributedContext:
     """Join (or create) the default process group; gloo on CPU, nccl on GPUs."""
     import deepspeed
@@ -139,9 +165,9 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
         )
         context.created_group = True
         atexit.register(_destroy_at_exit)
-    context.rank = dist.get_rank()
-    context.world_size = dist.get_world_size()
-    context.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    context.rank = rank()
+    context.world_size = world_size()
+    context.local_rank = local_rank()
     if device_type == "cuda":
         torch.cuda.set_device(context.local_rank)
         context.device = torch.device("cuda", context.local_rank)

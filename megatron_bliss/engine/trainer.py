@@ -35,9 +35,9 @@ from megatron_bliss.engine.batches import (
 )
 from megatron_bliss.engine.config import (
     PretrainConfig,
+    device_type,
     gradient_accumulation,
     read_ds_json,
-    resolve_device,
     resolve_precision,
     validate_static,
 )
@@ -75,9 +75,9 @@ def pretrain(config: PretrainConfig, hooks: Hooks | None = None) -> dict[str, An
     """Train one stage as configured; returns the summary (also written to RUN_DIR/summary.json)."""
     validate_static(config)
     check_deepspeed_version()  # the checkpoint workarounds follow DeepSpeed's internals
-    device_type = resolve_device(config)
-    precision = resolve_precision(config, device_type)
-    context = init_distributed(device_type)
+    device = device_type(config)
+    precision = resolve_precision(config, device)
+    context = init_distributed(device)
     stage = None
     try:
         stage = TrainingStage(config, hooks or Hooks(), context, precision)

@@ -79,14 +79,6 @@ def default_output_path(model_dir: str | Path) -> Path:
     return model_dir / "eval.json"
 
 
-def resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _load_tasks(manager, names: list[str], local: dict[str, LocalTask], with_ppl: bool):
     """Build each task on its own, so one unreachable hub task is skipped, not fatal."""
     loaded: dict[str, Any] = {}
@@ -188,7 +180,9 @@ def evaluate_model(
         loaded, _ = _load_tasks(manager, names, local, ppl_data is not None)
         if not loaded:
             raise ValueError("no task could be loaded (see the messages above)")
-        resolved_device = resolve_device(device)
+        from megatron_bliss.utils.device import resolve_device
+
+        resolved_device = str(resolve_device(device, "--device"))
         model = HFLM(
             pretrained=str(model_dir),
             batch_size=batch_size,

@@ -204,19 +204,16 @@ def speedup_section(
 
 
 def load_tokenizer(run: RunData):
-    """The run's tokenizer (``pipeline.json`` ``tokenizer``), or None with a note."""
+    """The run's tokenizer (``pipeline.json`` ``tokenizer``, any form ``--tokenizer`` accepts),
+    or None with a note: a report without decoded sequences is still a report."""
     name = run.pipeline.get("tokenizer")
     if not name:
         run.notes.append("no `tokenizer` in pipeline.json: sequences are not decoded")
         return None
+    from megatron_bliss.data.tokenizer import load_tokenizer as load
+
     try:
-        if str(name).endswith(".json"):
-            from transformers import PreTrainedTokenizerFast
-
-            return PreTrainedTokenizerFast(tokenizer_file=str(name))
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(name))
+        return load(str(name))
     except (OSError, ValueError) as error:
         run.notes.append(f"tokenizer `{name}` could not be loaded ({error}); sequences not decoded")
         return None

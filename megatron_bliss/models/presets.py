@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GPTNeoXConfig, LlamaConfig, PretrainedConfig
 
+from megatron_bliss.errors import ConfigError, InputError
+
 logger = logging.getLogger(__name__)
 
 PYTHIA_VOCAB = 50304  # GPT-NeoX tokenizer (50,277 ids) padded to a multiple of 128
@@ -58,9 +60,22 @@ def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
+MODEL_TYPE_FAMILY = {"gpt_neox": "pythia", "llama": "llama"}  # transformers' model_type -> family
+
+
+def model_family(config: PretrainedConfig) -> str:
+    """The preset family of a loaded model's config (``gpt_neox`` -> pythia, ``llama``)."""
+    model_type = getattr(config, "model_type", "")
+    if model_type not in MODEL_TYPE_FAMILY:
+        raise InputError(
+            f"unsupported target model type '{model_type}' (expected gpt_neox or llama)"
+        )
+    return MODEL_TYPE_FAMILY[model_type]
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset '{name}' (known: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown model preset '{name}' (known: {', '.join(PRESETS)})")
     return PRESETS[name]
 
 

@@ -75,13 +75,21 @@ def resolve_method(config: PipelineConfig, name: str) -> dict[str, Any]:
     return {"method": variant["method"], "select": merge(config.select, variant.get("select", {}))}
 
 
-def run_compare(config: PipelineConfig, root: str | Path | None = None) -> dict[str, Any]:
+def run_compare(
+    config: PipelineConfig,
+    root: str | Path | None = None,
+    where: str = "compare",
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     """Prepare once, then per seed a warm-up and every method's rounds; compare.json + report."""
+    from megatron_bliss.pipeline.preflight import preflight
     from megatron_bliss.pipeline.runner import prepare_data, run_pipeline
 
+    check_methods(config)
+    for name in config.compare.methods:  # every method's stages, before the first one runs
+        preflight(dataclasses.replace(config, **resolve_method(config, name)), where, overrides)
     root = Path(root or config.run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    check_methods(config)
     target_set = {"path": config.target_data, "format": config.target_format,
                   "heldout_fraction": config.target_heldout_fraction}  # fmt: skip
     config = prepare_data(dataclasses.replace(config, run_dir=str(root)), root)
@@ -298,17 +306,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_bliss.pipeline.cli import preflight
-
     overrides = list(args.overrides)
     if args.methods:
         overrides.append(f"compare.methods=[{args.methods}]")
     if args.seeds is not None:
         overrides.append(f"compare.seeds={args.seeds}")
     config = load_pipeline_config(args.config, overrides)
-    for name in config.compare.methods:
-        preflight(
-            dataclasses.replace(config, **resolve_method(config, name)), args.config, overrides
-        )
-    run_compare(config, args.run_dir)
+    run_compare(config, args.run_dir, where=args.config, overrides=overrides)
     return 0

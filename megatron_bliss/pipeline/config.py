@@ -11,9 +11,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megatron_bliss.config import ConfigError, load_config
+from megatron_bliss.config import ConfigError, from_dict, load_config
 from megatron_bliss.eval.task_specs import HEADLINE_TASKS
 from megatron_bliss.pipeline.prepare import PrepareSection
+
+LAUNCHERS = ("inprocess", "torchrun")
+
+
+@dataclass
+class LauncherConfig:
+    """How training stages run (``pretrain: {launcher: {...}}`` in the pipeline YAML)."""
+
+    type: str = "inprocess"
+    """``inprocess``: in this process (tests observe it through hooks); ``torchrun``: a torchrun
+    job of ``nproc_per_node`` ranks per stage, as a cluster runs it."""
+    nproc_per_node: int = 2
+    threads_per_rank: int | None = None
+    """OMP threads of each rank; none: the machine's cores divided among the ranks."""
+
+    def __post_init__(self):
+        if self.type not in LAUNCHERS:
+            raise ConfigError(f"type '{self.type}' is not one of {', '.join(LAUNCHERS)}")
+        if self.nproc_per_node < 1:
+            raise ConfigError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if self.threads_per_rank is not None and self.threads_per_rank < 1:
+            raise ConfigError(f"threads_per_rank must be >= 1, got {self.threads_per_rank}")
 
 
 @dataclass
@@ -99,6 +121,15 @@ class PipelineConfig:
     def rounds(self) -> int:
         return int(self.num_rounds or 0)
 
+    @property
+    def launcher(self) -> LauncherConfig:
+        """``pretrain.launcher``, typed (unknown keys and values are errors)."""
+        return from_dict(LauncherConfig, self.pretrain.get("launcher") or {}, "pretrain.launcher")
+
+    def pretrain_sections(self) -> dict[str, Any]:
+        """The ``pretrain`` sections that are PretrainConfig's (all but ``launcher``)."""
+        return {k: v for k, v in self.pretrain.items() if k != "launcher"}
+
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None):
     config = load_config(PipelineConfig, path, overrides)
@@ -111,6 +142,10 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = 
         raise ConfigError(f"{where}: lr_round_factor must be > 0, got {config.lr_round_factor}")
     if "run_dir" in config.pretrain or "run_dir" in config.select:
         raise ConfigError(f"{where}: run directories are set by the pipeline (remove run_dir)")
+    try:
+        config.launcher  # noqa: B018 - checked now, used by every training stage
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
     return config
 
 

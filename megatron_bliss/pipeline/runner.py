@@ -11,10 +11,10 @@ skipped; a killed stage resumes from its own checkpoints. A training stage stopp
 SIGTERM/SIGUSR1 saves a checkpoint and is not recorded as finished: the pipeline stops with
 ``exit_codes.Interrupted`` and the next run resumes that stage.
 
-Influence Distillation's Adam version (``select: {influence: {adam_state: auto}}``): every
-training stage exports the AdamW second moments of the selector's ``param_subset`` with its
-checkpoints (``checkpoint.adam_state_params``), and round r's selection preconditions with those
-of round r-1's checkpoint, the model it selects for.
+The runner knows no method by name: each stage's config comes from ``stage_configs.py``, which
+asks the selector class what it carries from round to round (BLISS: the warm-up proxy and the
+previous score model; Influence Distillation with ``adam_state: auto``: the previous round's
+AdamW state, which every training stage then exports). Directory layout: docs/formats.md.
 """
 
 from __future__ import annotations
@@ -31,12 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from megatron_bliss.config import ConfigError, dump_yaml, from_dict, merge
+from megatron_bliss.config import ConfigError, dump_yaml, merge
 from megatron_bliss.engine.checkpoint import has_step_folders
 from megatron_bliss.engine.config import PretrainConfig
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig
+from megatron_bliss.pipeline.preflight import preflight
+from megatron_bliss.pipeline.stage_configs import select_stage_config, train_stage_config
 from megatron_bliss.pipeline.stages import StageMarker
+from megatron_bliss.selection.base import EarlierRounds
 from megatron_bliss.selection.rule import write_selection
 from megatron_bliss.utils.child_process import run_child
 from megatron_bliss.utils.io import atomic_write_json
@@ -45,7 +48,6 @@ from megatron_bliss.utils.paths import shared_data_dir
 logger = logging.getLogger(__name__)
 
 SELECTION_OUTPUTS = ("scores.npy", "selection.npy", "selection.json", "score_model")
-ADAM_STATE_AUTO = "auto"
 
 
 @dataclasses.dataclass
@@ -62,7 +64,7 @@ class Pipeline:
         self.config = config
         self.hooks = hooks or PipelineHooks()
         self.run_dir = Path(config.run_dir)
-        self.launcher = config.pretrain.get("launcher", {})
+        self.launcher = config.launcher
 
     # ------------------------------------------------------------------ public
     def run(self) -> dict[str, Any]:
@@ -140,69 +142,34 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def _select(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
         """Run the selector on shard r with the round r-1 target; outputs land in round_r/."""
-        from megatron_bliss.selection.cli import SelectConfig, run_selection, validate_sections
+        from megatron_bliss.selection.registry import get_selector_class
+        from megatron_bliss.selection.run import run_selection
 
         c = self.config
         round_dir = self._round_dir(r)
         work_dir = round_dir / "select_run"
-        select_config = from_dict(
-            SelectConfig, self._select_dict(r, previous), where="pipeline.select"
-        )
-        validate_sections(select_config, "pipeline.select")
+        earlier = EarlierRounds(r, self.run_dir, self._round_dir(r - 1), previous["checkpoints"])
         run_selection(
-            c.method, select_config, data_prefix=c.shards[r], run_dir=work_dir,
-            target_data=c.target_data, target_format=c.target_format, tokenizer=c.tokenizer,
-            target_model=previous["checkpoints"],
+            c.method, select_stage_config(c, r, earlier), data_prefix=c.shards[r],
+            run_dir=work_dir, target_data=c.target_data, target_format=c.target_format,
+            tokenizer=c.tokenizer, target_model=previous["checkpoints"],
         )  # fmt: skip
         for name in SELECTION_OUTPUTS:
             if (work_dir / name).exists():
                 _replace(work_dir / name, round_dir / name)
-        if (work_dir / "proxy_warmup").exists() and not (self.run_dir / "proxy_warmup").exists():
-            _replace(work_dir / "proxy_warmup", self.run_dir / "proxy_warmup")
+        for name in get_selector_class(c.method).shared_outputs:  # the first round's is kept
+            if (work_dir / name).exists() and not (self.run_dir / name).exists():
+                _replace(work_dir / name, self.run_dir / name)
         meta = json.loads((round_dir / "selection.json").read_text())
         return {"flops": meta.get("flops_by_kind", {}), "num_selected": meta["num_selected"]}
-
-    def _select_dict(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
-        """SelectConfig values for round r: the shared settings plus the round's carry-overs."""
-        c = self.config
-        values = merge(
-            c.select,
-            {"seq_length": c.seq_length, "fraction": c.fraction, "seed": c.seed + r},
-        )
-        if c.method == "bliss":
-            carry = {}
-            if (self.run_dir / "proxy_warmup" / "config.json").exists():
-                carry["proxy_init"] = str(self.run_dir / "proxy_warmup")
-            if r > 1:
-                carry["score_model_init"] = str(self._round_dir(r - 1) / "score_model")
-            values = merge(values, {"bliss": carry})
-        if self._adam_state_layers():
-            values = merge(values, {"influence": {"adam_state": previous["checkpoints"]}})
-        return values
-
-    def _adam_state_layers(self) -> list[str]:
-        """The layers whose Adam moments training stages export: the influence selector's
-        ``param_subset`` when it asks for ``adam_state: auto``, else none."""
-        c = self.config
-        section = c.select.get("influence") or {}
-        if c.method != "influence" or section.get("adam_state") != ADAM_STATE_AUTO:
-            return []
-        from megatron_bliss.selection.influence import InfluenceSelector
-
-        typed = from_dict(InfluenceSelector.Config, section, where="pipeline.select.influence")
-        return [typed.param_subset]
 
     def _train(self, r: int, upstream: str, steps: int, lr_multiplier: float, load: str | None):
         c = self.config
         round_dir = self._round_dir(r)
-        config = self._pretrain_config(
-            run_dir=round_dir, steps=steps, lr_multiplier=lr_multiplier,
+        config = train_stage_config(
+            c, run_dir=round_dir, steps=steps, lr_multiplier=lr_multiplier,
             selection=round_dir / "selection.npy", shard=c.shards[r],
         )  # fmt: skip
-        exported = config.checkpoint.adam_state_params
-        config.checkpoint.adam_state_params = list(
-            dict.fromkeys([*exported, *self._adam_state_layers()])
-        )
         marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
         if not marker.done():
             self._before(r, "train")
@@ -215,10 +182,10 @@ class Pipeline:
     def _decay(self, r: int, train: dict[str, Any]) -> dict[str, Any]:
         c = self.config
         decay_dir = self._round_dir(r) / "decay"
-        config = self._pretrain_config(
-            run_dir=decay_dir, steps=train["step"] + c.decay_steps,
+        config = train_stage_config(
+            c, run_dir=decay_dir, steps=train["step"] + c.decay_steps,
             lr_multiplier=c.lr_round_factor**r, selection=self._round_dir(r) / "selection.npy",
-            shard=c.shards[r],
+            shard=c.shards[r], for_selection=False,
         )  # fmt: skip
         config.schedule.decay_steps = c.decay_steps
         marker = StageMarker(
@@ -257,40 +224,22 @@ class Pipeline:
         marker.complete({"tasks": sorted(results)})
 
     # ------------------------------------------------------------------ helpers
-    def _pretrain_config(self, run_dir, steps, lr_multiplier, selection, shard) -> PretrainConfig:
-        c = self.config
-        sections = {k: v for k, v in c.pretrain.items() if k != "launcher"}
-        stage = {
-            "run_dir": str(run_dir),
-            "data": {
-                "sources": [{"prefix": shard, "selection": str(selection)}],
-                "seq_length": c.seq_length,
-                "tokenizer": c.tokenizer,
-            },
-            "train": {"train_steps": steps, "seed": c.seed},
-            "schedule": {"lr_multiplier": lr_multiplier},
-        }
-        return from_dict(PretrainConfig, merge(sections, stage), where="pipeline.pretrain")
-
     def _launch_pretrain(self, config: PretrainConfig, r: int, name: str) -> dict[str, Any]:
-        kind = self.launcher.get("type", "inprocess")
-        if kind == "inprocess":
+        if self.launcher.type == "inprocess":
             from megatron_bliss.engine.trainer import pretrain
 
             hooks = self.hooks.train_hooks(r, name) if self.hooks.train_hooks else None
             return _finished(pretrain(config, hooks), r, name)
-        if kind != "torchrun":
-            raise ConfigError(f"pretrain.launcher.type: '{kind}' is not inprocess or torchrun")
         stage_yaml = Path(config.run_dir) / "stage_config.yaml"
         dump_yaml(config, stage_yaml)
-        nproc = str(self.launcher.get("nproc_per_node", 2))
+        nproc = str(self.launcher.nproc_per_node)
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc_per_node", nproc, "-m", "megatron_bliss.cli", "pretrain",
             "--config", str(stage_yaml),
         ]  # fmt: skip
         threads = max(1, (os.cpu_count() or 1) // int(nproc))  # ranks must not oversubscribe cores
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.launcher.get("threads_per_rank", threads))}
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.launcher.threads_per_rank or threads)}
         logger.info("round %d %s: %s", r, name, " ".join(command))
         summary_path = Path(config.run_dir) / "summary.json"
         summary_path.unlink(missing_ok=True)  # an earlier attempt's must not count for this one
@@ -437,5 +386,14 @@ def prepare_data(config: PipelineConfig, run_dir: Path) -> PipelineConfig:
     return config
 
 
-def run_pipeline(config: PipelineConfig, hooks: PipelineHooks | None = None) -> dict[str, Any]:
+def run_pipeline(
+    config: PipelineConfig,
+    hooks: PipelineHooks | None = None,
+    *,
+    where: str = "pipeline",
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Check every stage's settings and inputs (``preflight``), then run or resume the rounds;
+    ``where`` and ``overrides`` name the config file and command line in error messages."""
+    preflight(config, where, overrides)
     return Pipeline(config, hooks).run()

@@ -20,6 +20,7 @@ import torch
 
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.data.target_set import TargetSet
+from megatron_bliss.errors import ConfigError
 
 
 @dataclass
@@ -33,14 +34,66 @@ class SelectionContext:
     seed: int = 0
     model_preset: str | None = None  # preset of the target (proxies follow its family)
 
+    def target_family(self) -> str:
+        """The target's model family (pythia or llama), which proxies and regressors follow: the
+        loaded target model decides (the preset name may lag behind it), else the preset."""
+        from megatron_bliss.models.presets import get_preset, model_family
+
+        if self.target_model is not None:
+            return model_family(self.target_model.config)
+        if self.model_preset:
+            return get_preset(self.model_preset).family
+        raise ConfigError("the target's model family is unknown: give a target model or a preset")
+
 
 FLOP_KINDS = ("training", "scoring")
 
 
+@dataclass(frozen=True)
+class EarlierRounds:
+    """What a pipeline round offers a selector from the rounds before it."""
+
+    round: int
+    """The round selecting now (1 for the first selection round)."""
+    run_dir: Path
+    """The pipeline's run directory, where ``Selector.shared_outputs`` are kept."""
+    previous_dir: Path
+    """Round r-1's directory (its ``score_model/`` ...; round 1: the warm-up's)."""
+    checkpoints: str
+    """The round r-1 target's checkpoints: the model this round selects for."""
+
+
 class Selector(ABC):
-    """Base class: subclasses define ``name`` and a ``Config`` dataclass."""
+    """Base class: subclasses define ``name``, a ``Config`` dataclass, ``score`` and, where they
+    differ from the defaults, what they need and what they carry from round to round."""
 
     name: str = "base"
+
+    @dataclass
+    class Config:
+        """The method's YAML section (``select: {NAME: {...}}``); unknown keys are errors."""
+
+    uses_target_model: bool = True
+    """False for methods that never look at the target model: ``select`` neither loads a
+    ``--target-model`` nor warms up a stand-in for them."""
+    needs_target_set: bool = True
+    """False for methods that score without a target set (checked before any training)."""
+    shared_outputs: tuple[str, ...] = ()
+    """Folders that ``fit`` writes under the run directory for later rounds to reuse: a pipeline
+    keeps the first round's copy in its own run directory."""
+
+    @classmethod
+    def carry_over(cls, config: Any, earlier: EarlierRounds) -> dict[str, Any]:
+        """Values of this method's section for a pipeline round, taken from earlier rounds
+        (merged over the configured ones; ``config`` is the configured section, typed)."""
+        return {}
+
+    @classmethod
+    def exported_adam_layers(cls, config: Any) -> list[str]:
+        """Layers whose AdamW moments every training stage of a pipeline must save with its
+        checkpoints (``checkpoint.adam_state_params``) because a later round of this method
+        reads them."""
+        return []
 
     def __init__(self, config: Any, context: SelectionContext):
         self.config = config

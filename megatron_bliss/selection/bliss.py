@@ -28,13 +28,12 @@ import numpy as np
 import torch
 
 from megatron_bliss.selection import hypergrad as hg
-from megatron_bliss.selection.base import Selector
+from megatron_bliss.selection.base import EarlierRounds, Selector
 from megatron_bliss.selection.hypergrad import NORMALIZATIONS, normalize_dots
 from megatron_bliss.selection.proxy import (
     build_proxy,
     cosine_with_warmup,
     evaluation,
-    family_of,
     lm_logits,
     pool_batch,
     resolve_proxy_preset,
@@ -166,6 +165,18 @@ class BlissSelector(Selector):
         def draws_per_step(self) -> int:
             return self.upper_batch_size or self.batch_size
 
+    shared_outputs = ("proxy_warmup",)  # the warm-up proxy: every round resets to it
+
+    @classmethod
+    def carry_over(cls, config, earlier: EarlierRounds) -> dict:
+        """The pipeline's warm-up proxy (made by round 1) and round r-1's score model."""
+        carry = {}
+        if (earlier.run_dir / "proxy_warmup" / "config.json").exists():
+            carry["proxy_init"] = str(earlier.run_dir / "proxy_warmup")
+        if earlier.round > 1:
+            carry["score_model_init"] = str(earlier.previous_dir / "score_model")
+        return carry
+
     def __init__(self, config, context):
         super().__init__(config, context)
         self.proxy: torch.nn.Module | None = None
@@ -187,15 +198,7 @@ class BlissSelector(Selector):
         return padded_vocab_size(self.context.pool.max_token_id() + 1)
 
     def _proxy_preset(self) -> str:
-        target = self.context.target_model
-        family = family_of(target) if target is not None else None
-        if family is None and self.context.model_preset:
-            from megatron_bliss.models.presets import get_preset
-
-            family = get_preset(self.context.model_preset).family
-        if self.config.proxy_preset == "auto" and family is None:
-            raise ValueError("proxy_preset 'auto' needs a target model or a model preset")
-        return resolve_proxy_preset(self.config.proxy_preset, family or "pythia")
+        return resolve_proxy_preset(self.config.proxy_preset, self.context.target_family())
 
     def prepare_proxy(self) -> torch.nn.Module:
         """The warm-up proxy: loaded from ``proxy_init`` or trained here and saved for reuse."""

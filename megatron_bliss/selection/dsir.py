@@ -89,6 +89,7 @@ class DsirSelector(Selector):
     """Importance weights of pool sequences under target vs. raw hashed n-gram models."""
 
     name = "dsir"
+    uses_target_model = False  # n-gram models of the target set and the pool only
 
     @dataclass
     class Config:

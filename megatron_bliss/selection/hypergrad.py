@@ -35,15 +35,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_bliss.engine.distributed import rank, world_size
+
+__all__ = ["rank", "world_size"]  # hg.rank() / hg.world_size(): the process group's own helpers
+
 Tensors = list[torch.Tensor]
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Tensors:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from megatron_bliss.engine.checkpoint import resolve_checkpoint
 from megatron_bliss.engine.optimizer_state import ADAM_STATE_FILE
-from megatron_bliss.selection.base import Selector
+from megatron_bliss.selection.base import EarlierRounds, Selector
 from megatron_bliss.selection.influence_kernels import (
     BlockProjector,
     GradientSketcher,
@@ -47,12 +47,14 @@ from megatron_bliss.selection.perplexity import require_target_model
 
 logger = logging.getLogger(__name__)
 
+ADAM_STATE_AUTO = "auto"  # in a pipeline: the previous round's checkpoint (see carry_over)
+
 
 # -- Adam state ----------------------------------------------------------------------------------
 def resolve_adam_state(location: str) -> Path:
     """The ``adam_state.pt`` that ``location`` names: the file itself, or the one in a checkpoint
     (a run dir or its ``checkpoints/``, read through ``latest``, or a step folder)."""
-    if location == "auto":
+    if location == ADAM_STATE_AUTO:
         raise ValueError(
             "influence.adam_state=auto is filled in by the pipeline (the previous round's "
             "checkpoint); for select, give adam_state.pt or a checkpoint directory"
@@ -193,6 +195,16 @@ class InfluenceSelector(Selector):
         """AdamW preconditioner: ``adam_state.pt`` ({step, beta1, beta2, eps, exp_avg_sq: {param:
         tensor}}) or a checkpoint holding one; ``auto`` in a pipeline: the previous round's
         checkpoint. Empty: plain gradients."""
+
+    @classmethod
+    def carry_over(cls, config, earlier: EarlierRounds) -> dict:
+        """``adam_state: auto``: the AdamW state saved with the model this round selects for."""
+        return {"adam_state": earlier.checkpoints} if config.adam_state == ADAM_STATE_AUTO else {}
+
+    @classmethod
+    def exported_adam_layers(cls, config) -> list[str]:
+        """``adam_state: auto`` needs every training stage to save ``param_subset``'s moments."""
+        return [config.param_subset] if config.adam_state == ADAM_STATE_AUTO else []
 
     def __init__(self, config, context):
         super().__init__(config, context)

@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from megatron_bliss.data.pool import SequencePool
-from megatron_bliss.data.target_set import IGNORE_INDEX, TargetSet
+from megatron_bliss.data.target_set import TargetSet
 from megatron_bliss.models.presets import build_config, get_preset
 from megatron_bliss.selection.base import Selector
 from megatron_bliss.selection.perplexity import (
     require_target_model,
     sequence_losses,
 )
+from megatron_bliss.selection.proxy import target_loss_sum
 from megatron_bliss.selection.score_model import ScoreModel, build_backbone, load_score_model
 from megatron_bliss.selection.scoring import score_pool
 from megatron_bliss.utils.io import atomic_save_npy
@@ -51,7 +52,6 @@ from megatron_bliss.utils.stats import spearman
 logger = logging.getLogger(__name__)
 
 FAMILY_REGRESSOR = {"pythia": "pythia-14m", "llama": "llama-tiny"}
-MODEL_TYPE_FAMILY = {"gpt_neox": "pythia", "llama": "llama"}
 
 
 @dataclass
@@ -78,16 +78,9 @@ def target_loss(
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
             input_ids, labels = target_set.batch(indices[start : start + batch_size])
-            input_ids, labels = input_ids.to(device), labels.to(device)
-            logits = model(input_ids=input_ids).logits.float()[:, :-1]
-            shifted = labels[:, 1:]
-            total += F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)),
-                shifted.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            ).item()
-            count += int((shifted != IGNORE_INDEX).sum())
+            loss_sum, scored = target_loss_sum(model, input_ids.to(device), labels.to(device))
+            total += loss_sum.item()
+            count += scored
     return total / max(count, 1)
 
 
@@ -253,14 +246,7 @@ class MatesSelector(Selector):
     def regressor_preset(self) -> str:
         if self.config.regressor_preset:
             return self.config.regressor_preset
-        model_type = getattr(getattr(self.context.target_model, "config", None), "model_type", "")
-        if model_type in MODEL_TYPE_FAMILY:  # the loaded model decides; the preset name may lag
-            family = MODEL_TYPE_FAMILY[model_type]
-        elif self.context.model_preset:
-            family = get_preset(self.context.model_preset).family
-        else:
-            family = "pythia"
-        return FAMILY_REGRESSOR[family]
+        return FAMILY_REGRESSOR[self.context.target_family()]
 
     def build_regressor(self) -> ScoreModel:
         vocab = self.context.target_model.get_input_embeddings().weight.shape[0]

@@ -83,6 +83,7 @@ class PerplexitySelector(Selector):
     """Scores every pool sequence by the frozen target model's loss on it."""
 
     name = "perplexity"
+    needs_target_set = False
 
     @dataclass
     class Config:

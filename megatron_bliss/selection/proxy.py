@@ -34,15 +34,6 @@ logger = logging.getLogger(__name__)
 AUTO_PROXY = {"pythia": "pythia-160m", "llama": "llama-tiny"}
 
 
-def family_of(model: torch.nn.Module) -> str:
-    model_type = getattr(model.config, "model_type", "")
-    if model_type == "gpt_neox":
-        return "pythia"
-    if model_type == "llama":
-        return "llama"
-    raise ValueError(f"unsupported target model type '{model_type}' (expected gpt_neox or llama)")
-
-
 def resolve_proxy_preset(preset: str, target_family: str) -> str:
     """``auto`` -> the family's default; an explicit preset must match the target's family."""
     if preset == "auto":

@@ -11,6 +11,8 @@ from megatron_bliss.selection.base import Selector
 
 class RandomSelector(Selector):
     name = "random"
+    uses_target_model = False
+    needs_target_set = False
 
     @dataclass
     class Config:

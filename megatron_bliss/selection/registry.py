@@ -1,8 +1,15 @@
-"""Names of the selection methods and where they live (imported lazily: torch-heavy)."""
+"""Names of the selection methods and where they live (imported lazily: torch-heavy).
+
+Adding a method is one module with a ``Selector`` subclass plus one line here; everything else
+(``select --method``, its YAML section, the pipeline's rounds, ``compare``) asks the class what it
+needs and what it carries between rounds (``selection/base.py``).
+"""
 
 from __future__ import annotations
 
 import importlib
+
+from megatron_bliss.errors import ConfigError
 
 SELECTORS: dict[str, str] = {
     "bliss": "megatron_bliss.selection.bliss:BlissSelector",
@@ -16,7 +23,8 @@ SELECTORS: dict[str, str] = {
 
 
 def get_selector_class(method: str):
+    """The ``Selector`` subclass registered as ``method`` (``module:Class``, imported now)."""
     if method not in SELECTORS:
-        raise ValueError(f"unknown selection method '{method}' (known: {', '.join(SELECTORS)})")
+        raise ConfigError(f"unknown selection method '{method}' (known: {', '.join(SELECTORS)})")
     module_name, class_name = SELECTORS[method].split(":")
     return getattr(importlib.import_module(module_name), class_name)

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -31,7 +30,8 @@ import numpy as np
 import torch
 
 from megatron_bliss.data.pool import SequencePool
-from megatron_bliss.selection import hypergrad as hg
+from megatron_bliss.engine import distributed as distributed
+from megatron_bliss.utils.device import resolve_device
 from megatron_bliss.utils.dirs import check_dir_creatable, ensure_dir
 from megatron_bliss.utils.io import atomic_save_npy, atomic_write_json
 
@@ -106,7 +106,7 @@ def score_pool(
     model: torch.nn.Module, pool: SequencePool, batch_size: int, device, precision: str = "auto"
 ) -> np.ndarray:
     """Scores of the whole pool; under torch.distributed each rank scores a slice, then all-reduce."""
-    world, rank = hg.world_size(), hg.rank()
+    world, rank = distributed.world_size(), distributed.rank()
     bounds = np.linspace(0, len(pool), world + 1).astype(int)
     start, stop = int(bounds[rank]), int(bounds[rank + 1])
     scores = np.zeros(len(pool), dtype=np.float32)
@@ -186,9 +186,9 @@ def score_shard(
     check_positive(seq_length=seq_length, batch_size=batch_size, chunk_size=chunk_size)
     check_out_file(Path(out))
     check_dir_creatable(_parts_dir(Path(out)), "--out folder")
-    rank = hg.rank() if rank is None else rank
-    world = hg.world_size() if world is None else world
-    device = torch.device(device or default_device())
+    rank = distributed.rank() if rank is None else rank
+    world = distributed.world_size() if world is None else world
+    device = resolve_device(device, "--device")
     scorer, out = Path(scorer), Path(out)
     meta = read_meta(scorer)
     seq_length = int(meta["seq_length"] if seq_length is None else seq_length)
@@ -230,7 +230,7 @@ def score_shard(
         logger.info(
             "scored %d sequences in %.1fs (%.1f sequences/s)", scored, elapsed, scored / elapsed
         )
-    if hg.world_size() > 1:
+    if distributed.world_size() > 1:
         torch.distributed.barrier()
         if rank != 0:
             return None
@@ -269,21 +269,6 @@ def _merge(parts: Path, out: Path, chunks: range) -> np.ndarray | None:
     return scores
 
 
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
-
-
-def init_distributed_from_env() -> None:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group(backend)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", required=True, help="score_model/ directory")
     parser.add_argument("--data-prefix", required=True, help="indexed shard (no extension)")
@@ -308,6 +293,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from megatron_bliss.engine.distributed import join_launched_group
     from megatron_bliss.selection.rule import (
         check_keeps_some,
         check_selection_settings,
@@ -322,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         meta = read_meta(args.scorer)
         seq_length = args.seq_length or int(meta["seq_length"])
         check_keeps_some(args.fraction, len(SequencePool(args.data_prefix, seq_length)))
-    init_distributed_from_env()
+    join_launched_group(resolve_device(args.device, "--device").type)
     scores = score_shard(
         args.scorer, args.data_prefix, args.out, seq_length=args.seq_length,
         batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device,

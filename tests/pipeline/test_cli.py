@@ -1,4 +1,5 @@
-"""pipeline preflight: a wrong setting for any stage stops the run before the first stage."""
+"""pipeline preflight: a wrong setting for any stage stops the run before the first stage, from
+the command line and from Python alike."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import yaml
 
 from megatron_bliss.cli import main
-from megatron_bliss.pipeline.cli import preflight
+from megatron_bliss.config import ConfigError
 from megatron_bliss.pipeline.config import load_pipeline_config
+from megatron_bliss.pipeline.preflight import preflight
 
 
 @pytest.fixture
@@ -44,12 +46,24 @@ def test_a_valid_config_passes_preflight(config_file):
      ("target_data=missing.jsonl", "missing.jsonl: target_data file not found"),
      ("eval.ppl_data=missing.jsonl", "missing.jsonl: eval.ppl_data file not found"),
      ("target_format=lastword", "target_format 'lastword'"),
-     ("shards=[nothere,nothere]", "nothere.bin: shard file not found")],
+     ("shards=[nothere,nothere]", "nothere.bin: shard file not found"),
+     ("pretrain.launcher.typ=torchrun", "pretrain.launcher: unknown key 'typ'"),
+     ("pretrain.launcher.type=slurm", "type 'slurm' is not one of inprocess, torchrun"),
+     ("target_data=null", "method 'bliss' needs a target set (target_data)")],
 )  # fmt: skip
 def test_bad_setting_stops_before_any_stage(config_file, tmp_path, capsys, override, message):
     code = main(["pipeline", "--config", str(config_file), override])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_pipeline_from_python_checks_like_the_command(config_file, tmp_path):
+    from megatron_bliss.pipeline.runner import run_pipeline
+
+    config = load_pipeline_config(config_file, ["select.bliss.outer_stepz=3"])
+    with pytest.raises(ConfigError, match="select: bliss: unknown key 'outer_stepz'"):
+        run_pipeline(config)
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ import pytest
 from megatron_bliss.config import ConfigError, from_dict
 from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
 from megatron_bliss.pipeline.config import PipelineConfig, load_pipeline_config
-from megatron_bliss.pipeline.runner import Pipeline, PipelineHooks, run_pipeline
+from megatron_bliss.pipeline.runner import PipelineHooks, run_pipeline
 
 
 class Killed(RuntimeError):
@@ -152,7 +152,7 @@ def test_random_pipeline_reuses_the_warmup(pipeline_inputs, tmp_path):
 def test_influence_adam_version_preconditions_with_the_previous_round(pipeline_inputs, tmp_path):
     import yaml
 
-    from megatron_bliss.pipeline.runner import _comparable
+    from megatron_bliss.pipeline.stage_configs import train_stage_config
 
     tiny_influence = {"num_landmarks": 8, "proj_dim": 128, "jvp_proj_dim": 64, "num_blocks": 1}
     config = tiny_config(
@@ -170,11 +170,12 @@ def test_influence_adam_version_preconditions_with_the_previous_round(pipeline_i
     resolved = yaml.safe_load((tmp_path / "run/round_1/select_run/config.yaml").read_text())
     assert resolved["influence"]["adam_state"] == str(tmp_path / "run/round_0/checkpoints")
 
-    plain = tiny_config(pipeline_inputs, tmp_path / "plain", method="influence", num_rounds=0)
-    plain.select["influence"] = tiny_influence  # default: no export, stage hashes as before
-    layers = Pipeline(plain)._adam_state_layers()
-    stage = Pipeline(plain)._pretrain_config(tmp_path, 4, 1.0, "sel.npy", "shard")
-    assert layers == [] and "adam_state_params" not in _comparable(stage)["checkpoint"]
+    plain = tiny_config(pipeline_inputs, tmp_path / "plain", method="influence")
+    plain.select["influence"] = tiny_influence  # default: plain gradients, nothing exported
+    stage = train_stage_config(
+        plain, run_dir=tmp_path, steps=4, lr_multiplier=1.0, shard="shard", selection="sel.npy"
+    )
+    assert stage.checkpoint.adam_state_params == []
 
 
 def test_config_errors(tmp_path):

@@ -145,7 +145,7 @@ def test_select_refuses_a_tokenizer_that_cannot_have_made_the_shard(
 def test_tokenizer_comes_from_a_checkpoint_targets_run(tmp_path, tokenizer_dir):
     import shutil
 
-    from megatron_bliss.selection.cli import tokenizer_of_target
+    from megatron_bliss.selection.run import tokenizer_of_target
 
     step = tmp_path / "run" / "checkpoints" / "global_step2"
     step.mkdir(parents=True)
@@ -198,18 +198,32 @@ def test_score_out_with_another_name_writes_no_second_scores_file(bliss_run, tin
     assert len(selection) == int(0.25 * len(np.load(out)))
 
 
-def test_stand_in_target_is_reused_only_for_the_same_settings(tmp_path, tiny_shard, tokenizer_dir):
+def test_stand_in_target_is_reused_only_for_the_same_settings(
+    tmp_path, tiny_shard, tokenizer_dir, monkeypatch
+):
+    from megatron_bliss.selection import proxy
+
+    warmups = []
+    real_warmup = proxy.warmup_lm
+
+    def counted(model, pool, **settings):
+        warmups.append(settings["steps"])
+        return real_warmup(model, pool, **settings)
+
+    monkeypatch.setattr(proxy, "warmup_lm", counted)
     run_dir = tmp_path / "run"
     record = run_dir / "target_warmup" / "stand_in.json"
     base = ["select", "--method", "perplexity", "--config", CONFIG, "--data-prefix", tiny_shard,
             "--tokenizer", str(tokenizer_dir), "--run-dir", str(run_dir), "seq_length=32",
             "target_preset=pythia-tiny", "target_warmup_batch_size=2"]  # fmt: skip
     assert main([*base, "target_warmup_steps=1"]) == 0
-    first = record.stat().st_mtime_ns
+    first_scores = np.load(run_dir / "scores.npy")
     assert main([*base, "target_warmup_steps=1"]) == 0
-    assert record.stat().st_mtime_ns == first  # same settings: reused
+    assert warmups == [1]  # same settings: the saved target is reused, not trained again
+    np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), first_scores)
     assert main([*base, "target_warmup_steps=2"]) == 0
-    assert json.loads(record.read_text())["steps"] == 2  # other settings: warmed up again
+    assert warmups == [1, 2]  # other settings: warmed up again
+    assert json.loads(record.read_text())["steps"] == 2
     assert not (run_dir / ".target_warmup.tmp").exists()
 
 
