@@ -22,7 +22,7 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_bliss.data.builtin_corpus import builtin_documents
-from megatron_bliss.data.preprocess import PreprocessOptions, make_context, process_files
+from megatron_bliss.data.tokenize_files import PreprocessOptions, make_context, process_files
 from megatron_bliss.data.tokenizer import TokenizerSpec, load_tokenizer, resolve_eod_id, token_dtype
 from megatron_bliss.utils.paths import shared_data_dir
 
@@ -70,7 +70,7 @@ def ours(spec: TokenizerSpec, source: Path, prefix: str, workers: int) -> tuple[
     context = make_context(options)  # tokenizer load: start-up, excluded
     start = time.perf_counter()
     result = process_files(context, [source], prefix)
-    return time.perf_counter() - start, sum(c[1] for c in result["counts"].values())
+    return time.perf_counter() - start, sum(output.tokens for output in result.outputs)
 
 
 def main() -> None:

@@ -17,11 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from megatron_bliss.data.merge import merge_datasets
-from megatron_bliss.data.preprocess import (
-    RunContext,
+from megatron_bliss.data.preprocess_result import (
+    RESULT_FORMAT,
+    FilesResult,
+    Output,
     check_has_documents,
     describe_inputs,
+)
+from megatron_bliss.data.tokenize_files import (
+    RunContext,
     manifest_for,
+    output_name,
     process_files,
 )
 from megatron_bliss.utils.io import atomic_write_json
@@ -39,20 +45,21 @@ def _marker_identity(context: RunContext, inputs: list[dict]) -> dict:
         "inputs": inputs,
         "tokenizer_hash": context.tokenizer_hash,
         "flags": context.options.output_flags(),
+        "format": RESULT_FORMAT,
     }
 
 
-def _finished_part(marker: Path, identity: dict) -> dict | None:
+def _finished_part(marker: Path, identity: dict) -> FilesResult | None:
     if not marker.exists():
         return None
     recorded = json.loads(marker.read_text())
     if {k: recorded.get(k) for k in identity} != identity:
-        logger.warning("%s: made from other inputs or flags; redoing the part", marker)
+        logger.warning("%s: made from other inputs, flags or format; redoing the part", marker)
         return None
-    return recorded["result"]
+    return FilesResult.from_json(recorded["result"])
 
 
-def process_in_partitions(context: RunContext, paths: list[Path]) -> dict:
+def process_in_partitions(context: RunContext, paths: list[Path]) -> FilesResult:
     """Process every unfinished part, merge all parts, then remove ``PREFIX.parts/``."""
     options = context.options
     parts_dir = Path(options.output_prefix + ".parts")
@@ -72,51 +79,49 @@ def process_in_partitions(context: RunContext, paths: list[Path]) -> dict:
             logger.info("part %d/%d: %d file(s)", number + 1, len(groups), len(group))
             prefix = str(parts_dir / f"part{number:05d}")
             result = process_files(context, group, prefix, first_document=next_document)
-            atomic_write_json(marker, identity | {"result": result})
+            atomic_write_json(marker, identity | {"result": result.to_json()})
         else:
             logger.info(
                 "part %d/%d already finished (%s); skipped", number + 1, len(groups), marker
             )
         results.append(result)
-        next_document = result["next_document"]
-    counts = {
-        name: [sum(r["counts"][name][0] for r in results), 0] for name in results[0]["counts"]
-    }
+        next_document = result.next_document
+    merged = _totals(context, results)
     try:
-        check_has_documents(paths, counts, options.shards)
+        check_has_documents(paths, merged, options.shards)
     except ValueError:
         shutil.rmtree(parts_dir)
         raise
-    merged = _merge_parts(context, results, all_inputs)
+    _merge_parts(context, results, merged, all_inputs)
     shutil.rmtree(parts_dir)
     return merged
 
 
-def _merge_parts(context: RunContext, results: list[dict], inputs: list[dict]) -> dict:
-    final = {
-        name: process_name(context.options.output_prefix, name, context.options.shards)
-        for name in results[0]["outputs"]
-    }
-    merged = {
-        "outputs": final,
-        "counts": {
-            name: [sum(r["counts"][name][i] for r in results) for i in (0, 1)] for name in final
+def _totals(context: RunContext, results: list[FilesResult]) -> FilesResult:
+    """The parts' results added up, with each output at its final (unpartitioned) path."""
+    options = context.options
+    outputs = []
+    for position, first in enumerate(results[0].outputs):
+        parts = [result.outputs[position] for result in results]
+        shard = first.shard if options.shards > 1 else None
+        outputs.append(Output(
+            first.key, first.shard, output_name(options.output_prefix, first.key, shard),
+            sum(p.documents for p in parts), sum(p.tokens for p in parts),
+        ))  # fmt: skip
+    return FilesResult(
+        outputs=outputs,
+        empty_documents={
+            key: sum(r.empty_documents[key] for r in results) for key in context.setup.keys
         },
-        "empty_documents": {
-            key: sum(r["empty_documents"][key] for r in results) for key in context.setup.keys
-        },
-        "bad_lines": sum(r["bad_lines"] for r in results),
-        "next_document": results[-1]["next_document"],
-        "rates": "; ".join(r["rates"] for r in results),
-    }
-    for name, output in final.items():
-        parts = [r["outputs"][name] for r in results]
-        merge_datasets(parts, output, manifest_for(context, inputs, merged, name))
-    return merged
+        bad_lines=sum(r.bad_lines for r in results),
+        next_document=results[-1].next_document,
+        rates="; ".join(r.rates for r in results),
+    )
 
 
-def process_name(prefix: str, name: str, shards: int) -> str:
-    from megatron_bliss.data.preprocess import output_name
-
-    key, shard = name.split("/")
-    return output_name(prefix, key, int(shard) if shards > 1 else None)
+def _merge_parts(
+    context: RunContext, results: list[FilesResult], merged: FilesResult, inputs: list[dict]
+) -> None:
+    for position, output in enumerate(merged.outputs):
+        parts = [result.outputs[position].path for result in results]
+        merge_datasets(parts, output.path, manifest_for(context, inputs, merged, output))

@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from megatron_bliss.data.preprocess import batch_records
 from megatron_bliss.data.readers import expand_inputs, iter_batches
+from megatron_bliss.data.tokenize_files import batch_records
 
 logger = logging.getLogger(__name__)
 

@@ -92,7 +92,8 @@ def test_skip_bad_lines_skips_invalid_utf8(tmp_path, tokenizer_dir):
     source = tmp_path / "u.jsonl"
     source.write_bytes(data)
     result = preprocess(source, tmp_path / "u", tokenizer_dir, skip_bad_lines=True)
-    assert result["bad_lines"] == 1 and result["counts"]["text/0"][0] == 6
+    documents, _ = result["counts"][f"{tmp_path / 'u'}_text_document"]
+    assert result["bad_lines"] == 1 and documents == 6
 
 
 def test_stale_temporaries_are_removed_and_replacing_is_logged(

@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import resource
 import subprocess
 import sys
 
@@ -205,7 +204,7 @@ def test_unreadable_tokenizer_via_cli(tmp_path, docs, capsys):
 
 
 def test_interrupted_run_leaves_no_final_files(tmp_path, docs, tokenizer_dir, monkeypatch):
-    from megatron_bliss.data import preprocess as module
+    from megatron_bliss.data import tokenize_files as module
 
     calls = {"n": 0}
     original = module.ShardWriters.add
@@ -239,7 +238,8 @@ for source in sys.argv[2:]:
 
 
 def test_memory_stays_flat_as_input_grows(tmp_path, docs, tokenizer_dir):
-    """Peak traced memory for an 8x larger input stays within a small margin."""
+    """Peak traced memory (Python objects and numpy buffers, which is where a run that held its
+    input or its token arrays would grow) for an 8x larger input stays within a small margin."""
     short = [text[:200] for text in docs]
     sources = [str(write_jsonl(tmp_path / f"m{n}.jsonl", short * n)) for n in (10, 80)]
     out = subprocess.run(
@@ -247,8 +247,7 @@ def test_memory_stays_flat_as_input_grows(tmp_path, docs, tokenizer_dir):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     small, large = (int(line) for line in out.stdout.split()[-2:])
-    assert large < small * 1.25 + 100_000, (small, large)
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss > 0
+    assert small > 0 and large < small * 1.25 + 100_000, (small, large)
 
 
 def test_real_c4_with_pythia_tokenizer(shared_data, tmp_path):
