@@ -165,6 +165,8 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
         )
         context.created_group = True
         atexit.register(_destroy_at_exit)
+        if dist.get_world_size() > 1:
+            host_group()  # collective: every rank makes it now, not at its first use
     context.rank = rank()
     context.world_size = world_size()
     context.local_rank = local_rank()
@@ -174,18 +176,35 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
     return context
 
 
-def all_reduce_max(value: float, context: DistributedContext) -> float:
+def any_rank_signal(received: int, context: DistributedContext) -> int:
+    """The largest signal number received on any rank (0: none), agreed without waiting for the
+    device: a CPU tensor over gloo (a side group of the same ranks when the default is NCCL)."""
     if context.world_size == 1:
-        return value
-    tensor = torch.tensor([float(value)], device=context.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+        return int(received)
+    tensor = torch.tensor([int(received)], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=host_group())
+    return int(tensor.item())
 
 
-def all_reduce_mean(values: list[float], context: DistributedContext) -> list[float]:
+_HOST_GROUP: list = []
+
+
+def host_group():
+    """A gloo group of all ranks for host-side values (None: the default group is gloo already);
+    made once, with the process group, by every rank."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _HOST_GROUP:
+        _HOST_GROUP.append(dist.new_group(backend="gloo"))
+    return _HOST_GROUP[0]
+
+
+def all_reduce_mean(values: list[float] | torch.Tensor, context: DistributedContext) -> list[float]:
+    """Mean over ranks of each value, as floats on the host."""
+    tensor = torch.as_tensor(values, dtype=torch.float64)
     if context.world_size == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
+        return tensor.tolist()
+    tensor = tensor.to(context.device)
     dist.all_reduce(tensor)
     return (tensor / context.world_size).tolist()
 

@@ -1,24 +1,20 @@
 """Callbacks into a running ``pretrain``: what the pipeline and the tests observe and control.
 
-Subclass ``Hooks`` (or pass callables to it). ``stop_after_step`` simulates a kill in-process: the
-trainer raises ``TrainingInterrupted`` right after that step, either after the step's checkpoint
-was written (``stop_with_checkpoint=True``, like a preemption with SIGTERM) or without writing one
-(like a hard kill), and cleans up its engine and process group before the exception escapes.
+Subclass ``Hooks`` (or pass callables to it). ``stop_after_step`` stops a run in-process right
+after that step, either after the step's checkpoint was written (``stop_with_checkpoint=True``,
+like a preemption with SIGTERM) or without writing one (like a hard kill). Either way the run ends
+as a signal stop does: ``pretrain`` returns a summary marked ``interrupted`` (``stopped_by``:
+``hook``), so the pipeline treats the stage as unfinished and a rerun resumes it.
+
+Metrics passed to ``on_step_end`` hold the loss, throughput and memory only on logged steps
+(``logging.log_interval``): reading the loss back from the device on every step would make the
+host wait for the device on every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised by ``pretrain`` when a hook asked it to stop early (tests simulate kills with it)."""
-
-    def __init__(self, step: int, checkpoint: str | None):
-        super().__init__(f"training stopped after step {step} (checkpoint: {checkpoint})")
-        self.step = step
-        self.checkpoint = checkpoint
 
 
 class Hooks:

@@ -30,12 +30,24 @@ class FusedHeadLoss:
 
     @contextlib.contextmanager
     def targets(self, labels: torch.Tensor, loss_mask: torch.Tensor) -> Iterator[None]:
-        """While active, the model's ``.logits`` output is the scalar masked mean loss."""
+        """While active, the output layer computes the loss instead of logits (read it from the
+        model's output with ``loss``)."""
         self._targets = (labels, loss_mask)
         try:
             yield
         finally:
             self._targets = None
+
+    @staticmethod
+    def loss(outputs) -> torch.Tensor:
+        """The scalar masked mean loss of a forward run under ``targets``. The output layer
+        returns it where the logits would be, and must: ZeRO-3 attaches the hooks that gather
+        the layer's weight for the backward to that module output, so the loss travels in the
+        model output's ``logits`` field, and is taken out only here."""
+        loss = outputs.logits
+        if loss.dim() != 0:
+            raise RuntimeError("FusedHeadLoss.loss: the forward ran without targets() armed")
+        return loss
 
     def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._targets is None:

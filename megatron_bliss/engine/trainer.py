@@ -2,8 +2,9 @@
 
 Runs in the current process(es): plain python (1 rank), torchrun, the deepspeed launcher or srun.
 The pipeline calls it once per round in one process, so everything it creates (engine, process
-group, TensorBoard writer, signal handlers, transformers' ZeRO-3 switch) is released on return,
-also when a hook stops the run with ``TrainingInterrupted``.
+group, TensorBoard writer, signal handlers, transformers' ZeRO-3 switch) is released on return.
+A run that stops early, on SIGTERM/SIGUSR1 or because a hook asked, returns a summary marked
+``interrupted`` (after the step's checkpoint when one was asked for); the command exits 75 then.
 
 Single process:  ``megatron-bliss pretrain --config configs/pretrain_tiny_cpu.yaml``
 Two CPU ranks:   ``OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m megatron_bliss.cli pretrain ...``
@@ -11,6 +12,7 @@ Two CPU ranks:   ``OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m megatron_bli
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
@@ -19,6 +21,8 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +48,13 @@ from megatron_bliss.engine.config import (
 from megatron_bliss.engine.distributed import (
     DistributedContext,
     PreemptionFlag,
-    all_reduce_max,
     all_reduce_mean,
+    any_rank_signal,
     init_distributed,
     rank0_failure_note,
     wait_for_rank0,
 )
-from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.engine.hooks import Hooks
 from megatron_bliss.engine.loss import FusedHeadLoss
 from megatron_bliss.engine.metrics import (
     MetricSink,
@@ -89,6 +93,44 @@ def pretrain(config: PretrainConfig, hooks: Hooks | None = None) -> dict[str, An
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+MASK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # attention masks by precision
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Why a run stops before its last step, and whether that step is checkpointed first."""
+
+    signal: int | None
+    """SIGTERM/SIGUSR1 received on some rank (always checkpointed); None: a hook's stop."""
+    save: bool
+
+    @property
+    def reason(self) -> str:
+        return "signal" if self.signal else "hook"
+
+
+class StepTimer:
+    """Wall time of training steps between two logged steps. Only a logged step waits for the
+    device, so the sum over the interval is the device's time even when the host runs ahead."""
+
+    def __init__(self):
+        self.seconds, self.steps = 0.0, 0
+
+    @contextlib.contextmanager
+    def step(self, synchronize: torch.device | None) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        if synchronize is not None and synchronize.type == "cuda":
+            torch.cuda.synchronize(synchronize)
+        self.seconds += time.perf_counter() - started
+        self.steps += 1
+
+    def mean_and_reset(self) -> float:
+        mean = self.seconds / max(self.steps, 1)
+        self.seconds, self.steps = 0.0, 0
+        return mean
 
 
 def seed_everything(seed: int) -> None:
@@ -212,7 +254,15 @@ class TrainingStage:
         self.context = context
         self.precision = precision
         self.device = context.device
+        self.mask_dtype = MASK_DTYPES.get(precision, torch.float32)
         self.engine = None
+        self.model: torch.nn.Module | None = None
+        self.fused_loss: FusedHeadLoss | None = None
+        self.resume_point: ckpt.ResumePoint | None = None
+        self.step, self.consumed_samples = 0, 0
+        self.losses: list[float] = []  # every step's loss, mean over ranks, once read back
+        self.pending_losses: list[torch.Tensor] = []  # on the device until the next log step
+        self.timer = StepTimer()
         self.sink = MetricSink(Path("."), enabled=False, tensorboard=False)
         self.profiler = StepProfiler(
             config.logging.profile_steps, Path(config.run_dir), context.rank, self.device.type
@@ -229,6 +279,8 @@ class TrainingStage:
         self.ds_config = build_ds_config(config, self.accumulation, precision, self.device.type)
         self.zero_stage = int(self.ds_config["zero_optimization"]["stage"])
         self.model = self._build_model()
+        self.fused_loss = FusedHeadLoss(self.model) if self._use_fused_loss() else None
+        self._log_model()
         self.vocab_size = int(self.model.config.vocab_size)
         self.dataset = self._dataset()
         self.valid_datasets = self._valid_datasets()
@@ -237,14 +289,16 @@ class TrainingStage:
         self.peak_flops = device_peak_flops(
             self.device, precision, config.logging.peak_flops, config.logging.cpu_peak_flops
         )
-        self._initialize_engine()
-        self.step, self.consumed_samples = 0, 0
+        self.resume_point = self._find_resume_point()
+        self.engine = self._initialize_engine()
+        self.model = None  # the engine owns it now
         try:
             self._resume()
             if self.step == 0 and context.is_main:
                 truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # a fresh start
             self._write_run_info()
             self.sink = MetricSink(self.run_dir, context.is_main, config.logging.tensorboard)
+            self.last_saved = self.step if self.step > 0 else -1  # a resumed step is saved
         except BaseException:
             self.close()  # pretrain() never sees this object: free the engine here
             raise
@@ -305,24 +359,25 @@ class TrainingStage:
         )
         if self.config.checkpoint.adam_state_params:  # a typo fails now, not at the first save
             require_subset_layers(model, self.config.checkpoint.adam_state_params)
-        self.fused_loss = FusedHeadLoss(model) if self._use_fused_loss() else None
         if self.config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+        return model
+
+    def _log_model(self) -> None:
         logger.info(
             "model %s: %s attention, %s loss, %.2fM parameters, ZeRO-%d, %s, %d rank(s), "
             "accumulation %d",
             self.config.model.preset,
-            model.config._attn_implementation,
+            self.model.config._attn_implementation,
             "fused linear+CE" if self.fused_loss else "logits+CE",
-            _count(model) / 1e6,
+            _count(self.model) / 1e6,
             self.zero_stage,
             self.precision,
             self.context.world_size,
             self.accumulation,
         )
-        return model
 
     def _use_fused_loss(self) -> bool:
         """``train.loss_kernel``: auto = fused on CUDA (memory), logits on CPU (bit-compatible)."""
@@ -389,20 +444,18 @@ class TrainingStage:
         make_batch(np.zeros((1, 2), dtype=np.int64), options, torch.device("cpu"), torch.float32)
         return options
 
-    def _initialize_engine(self) -> None:
+    def _initialize_engine(self):
+        """The DeepSpeed engine around the model (set up for a universal load when the resume
+        point is elastic)."""
         import deepspeed
 
-        self.resume_point = self._find_resume_point()
         if self.resume_point is not None and self.resume_point.elastic:
             self.ds_config = with_universal_loading(self.ds_config)
         groups = parameter_groups(self.model, self.config.optimizer.weight_decay)
-        self.engine, _, _, _ = deepspeed.initialize(
+        engine, _, _, _ = deepspeed.initialize(
             model=self.model, model_parameters=groups, config=self.ds_config
         )
-        self.model = None  # the engine owns it now
-        self.mask_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            self.precision, torch.float32
-        )
+        return engine
 
     def _find_resume_point(self) -> ckpt.ResumePoint | None:
         """The checkpoint to resume from (None: a fresh start), checked against this run.
@@ -485,57 +538,60 @@ class TrainingStage:
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
         train = self.config.train
-        tokens_per_step = train.global_batch_size * self.config.data.seq_length
-        losses: list[float] = []
-        last_saved = self.step if self.step > 0 else -1
         progress = self._progress_bar()
         with PreemptionFlag() as preemption:
             while self.step < train.train_steps:
-                started = time.perf_counter()
-                lr = self._set_learning_rate()
-                self.profiler.before_step(self.step + 1)
-                loss = self._train_step()
-                elapsed = self._synchronized_time(started)
-                self.step += 1
-                self.profiler.after_step(self.step)
-                self.consumed_samples += train.global_batch_size
-                losses.append(loss)
-                metrics = self._step_metrics(loss, lr, elapsed, tokens_per_step)
-                if (
-                    self.step % self.config.logging.log_interval == 0
-                    or self.step == train.train_steps
-                ):
-                    self.sink.write(metrics)  # the last step too: short runs still leave a record
+                metrics = self._train_and_log()
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if "loss" in metrics:
+                    progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
                 self.hooks.on_step_end(self.step, metrics)
                 if self._validation_due():
                     self._validate()
-                stop = self.hooks.should_stop(self.step)
-                signal_number = int(all_reduce_max(float(preemption.received or 0), self.context))
-                signalled = signal_number > 0  # on any rank: every rank checkpoints and stops
-                if (
-                    self._checkpoint_due()
-                    or signalled
-                    or (stop and self.hooks.stop_with_checkpoint)
-                ):
+                stop = self._stop_request(preemption)
+                if self._checkpoint_due() or (stop is not None and stop.save):
                     self._save()
-                    last_saved = self.step
-                if stop or signalled:
+                if stop is not None:
                     progress.close()
-                    saved = str(self.checkpoint_dir / ckpt.tag_for(self.step))
-                    if stop:
-                        raise TrainingInterrupted(
-                            self.step, saved if last_saved == self.step else None
-                        )
-                    return self._finish(losses, interrupted=True, signal=signal_number)
+                    return self._finish(stop)
         progress.close()
         interval = self.config.logging.eval_interval
         if interval and self.valid_datasets and self.step % interval:
             self._validate()
-        if self.config.checkpoint.save_at_end and last_saved != self.step:
+        if self.config.checkpoint.save_at_end and self.last_saved != self.step:
             self._save()
-        return self._finish(losses, interrupted=False)
+        return self._finish(None)
+
+    def _train_and_log(self) -> dict[str, Any]:
+        """One optimizer step. Its loss stays on the device unless the step logs: steps that do
+        not log never wait for the device (no ``.item()``), so a GPU runs ahead of the host."""
+        train = self.config.train
+        lr = self._set_learning_rate()
+        self.profiler.before_step(self.step + 1)
+        logs = self._logs(self.step + 1)
+        with self.timer.step(self.device if logs else None):
+            self.pending_losses.append(self._train_step())
+        self.step += 1
+        self.profiler.after_step(self.step)
+        self.consumed_samples += train.global_batch_size
+        if not logs:
+            return self._progress_metrics(lr)
+        metrics = self._step_metrics(lr)
+        self.sink.write(metrics)  # the last step too: short runs still leave a record
+        return metrics
+
+    def _logs(self, step: int) -> bool:
+        return step % self.config.logging.log_interval == 0 or step == self.config.train.train_steps
+
+    def _stop_request(self, preemption: PreemptionFlag) -> StopRequest | None:
+        """A signal on any rank (every rank checkpoints and stops) or a hook's stop; both end in
+        ``_finish`` with a summary marked interrupted, so nothing counts the stage finished."""
+        signal_number = any_rank_signal(preemption.received or 0, self.context)
+        if signal_number:
+            return StopRequest(signal=signal_number, save=True)
+        if self.hooks.should_stop(self.step):
+            return StopRequest(signal=None, save=self.hooks.stop_with_checkpoint)
+        return None
 
     def _progress_bar(self):
         from tqdm import tqdm
@@ -576,12 +632,13 @@ class TrainingStage:
         labels, loss_mask = batch.pop("labels"), batch.pop("loss_mask")
         if self.fused_loss is not None:
             with self.fused_loss.targets(labels, loss_mask):
-                return self.engine(**batch, use_cache=False).logits  # the fused head's loss
+                return self.fused_loss.loss(self.engine(**batch, use_cache=False))
         logits = self.engine(**batch, use_cache=False).logits
         return masked_lm_loss(logits, labels, loss_mask)
 
-    def _train_step(self) -> float:
-        """One optimizer step: ``accumulation`` micro-batches; returns the mean loss over ranks."""
+    def _train_step(self) -> torch.Tensor:
+        """One optimizer step of ``accumulation`` micro-batches; returns the sum of this rank's
+        micro-batch losses, still on the device."""
         self.engine.train()
         total = torch.zeros((), device=self.device)
         for micro_step in range(self.accumulation):
@@ -590,29 +647,43 @@ class TrainingStage:
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
-        return all_reduce_mean([total.item() / self.accumulation], self.context)[0]
+        return total
 
-    def _synchronized_time(self, started: float) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - started
+    def _read_losses(self) -> None:
+        """The pending steps' losses as floats (mean over micro-batches and ranks): one
+        collective and one copy to the host for all of them."""
+        if not self.pending_losses:
+            return
+        local = torch.stack(self.pending_losses).double() / self.accumulation
+        self.pending_losses = []
+        self.losses.extend(all_reduce_mean(local, self.context))
 
-    def _step_metrics(self, loss: float, lr: float, elapsed: float, tokens: int) -> dict[str, Any]:
-        tokens_per_second = tokens / max(elapsed, 1e-9)
+    def _progress_metrics(self, lr: float) -> dict[str, Any]:
+        """What a step that does not log knows without asking the device."""
+        return {
+            "step": self.step,
+            "lr": lr,
+            "consumed_samples": self.consumed_samples,
+            "consumed_tokens": self.consumed_samples * self.config.data.seq_length,
+        }
+
+    def _step_metrics(self, lr: float) -> dict[str, Any]:
+        """The logged record: loss, gradient norm, throughput over the steps since the last log."""
+        self._read_losses()
+        step_time = self.timer.mean_and_reset()
+        tokens_per_step = self.config.train.global_batch_size * self.config.data.seq_length
+        tokens_per_second = tokens_per_step / max(step_time, 1e-9)
         grad_norm = self.engine.get_global_grad_norm()
         if isinstance(grad_norm, torch.Tensor):
             grad_norm = grad_norm.item()
         achieved = self.flops_per_token * tokens_per_second / self.context.world_size
         metrics = {
-            "step": self.step,
-            "loss": loss,
-            "lr": lr,
+            **self._progress_metrics(lr),
+            "loss": self.losses[-1],
             "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-            "step_time": elapsed,
+            "step_time": step_time,
             "tokens_per_second": tokens_per_second,
             "mfu": achieved / self.peak_flops,
-            "consumed_samples": self.consumed_samples,
-            "consumed_tokens": self.consumed_samples * self.config.data.seq_length,
         }
         metrics.update(memory_stats(self.device))
         return metrics
@@ -640,10 +711,8 @@ class TrainingStage:
 
     def _held_out_loss(self, dataset) -> float:
         batches = range(self.config.logging.eval_batches)
-        losses = [
-            self._forward_loss(self._micro_batch(dataset, 0, b)).float().item() for b in batches
-        ]
-        return float(np.mean(losses))
+        losses = [self._forward_loss(self._micro_batch(dataset, 0, b)).float() for b in batches]
+        return float(np.mean(torch.stack(losses).double().cpu().numpy()))
 
     def _checkpoint_due(self) -> bool:
         interval = self.config.checkpoint.save_interval
@@ -677,27 +746,29 @@ class TrainingStage:
             self.context.rank,
             self.config.checkpoint.keep_last,
         )
+        self.last_saved = self.step
         self.hooks.on_checkpoint(str(folder))
 
-    def _finish(
-        self, losses: list[float], interrupted: bool, signal: int | None = None
-    ) -> dict[str, Any]:
-        """The summary; ``interrupted``: stopped by signal number ``signal`` (received on any
-        rank) after its checkpoint, so not a finished stage."""
+    def _finish(self, stop: StopRequest | None) -> dict[str, Any]:
+        """The summary (also ``RUN_DIR/summary.json``). ``stop``: the run ended early, by a
+        signal (``signal``: its number, received on any rank) or by a hook; then the summary is
+        marked interrupted and no caller may count the stage finished."""
+        self._read_losses()
         tokens = self.consumed_samples * self.config.data.seq_length
         summary = {
             "run_dir": str(self.run_dir),
             "final_step": self.step,
-            "losses": losses,
-            "final_loss": losses[-1] if losses else None,
+            "losses": list(self.losses),
+            "final_loss": self.losses[-1] if self.losses else None,
             "consumed_samples": self.consumed_samples,
             "consumed_tokens": tokens,
             "flops": self.flops_per_token * tokens,
             "flops_per_token": self.flops_per_token,
             "checkpoint": str(self.checkpoint_dir) if (self.checkpoint_dir / "latest").exists()
             else None,
-            "interrupted": interrupted,
-            "signal": signal,
+            "interrupted": stop is not None,
+            "signal": stop.signal if stop is not None else None,
+            "stopped_by": stop.reason if stop is not None else None,
             "world_size": self.context.world_size,
             "config": to_dict(self.config),
         }  # fmt: skip

@@ -300,11 +300,12 @@ class Pipeline:
 
 
 def _finished(summary: dict[str, Any], r: int, name: str) -> dict[str, Any]:
-    """``summary`` of a training stage that ran to its end; a stage stopped by a signal (after
-    its checkpoint) raises instead, so its marker is never written and a rerun resumes it."""
+    """``summary`` of a training stage that ran to its end; a stage that stopped early (a signal,
+    or a hook) raises instead, so its marker is never written and a rerun resumes it."""
     if summary.get("interrupted"):
+        cause = "a stop hook" if summary.get("stopped_by") == "hook" else "a signal"
         raise Interrupted(
-            f"round {r} {name}: interrupted by a signal after step {summary['final_step']} "
+            f"round {r} {name}: interrupted by {cause} after step {summary['final_step']} "
             f"(checkpoint in {summary.get('checkpoint')}); rerun the same command to continue"
         )
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from megatron_bliss.engine.batches import masked_lm_loss
@@ -26,13 +27,16 @@ def test_fused_head_matches_logits_loss_and_gradients():
 
     fused = FusedHeadLoss(model)
     with fused.targets(labels, mask):
-        loss = model(input_ids=inputs).logits
+        loss = fused.loss(model(input_ids=inputs))
     loss.backward()
     torch.testing.assert_close(loss.float(), reference, rtol=1e-6, atol=1e-6)
     for got, want in zip((p.grad for p in model.parameters()), expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    # Disarmed, the head returns logits again (validation, export, generation).
-    assert model(input_ids=inputs).logits.shape == (3, 16, 512)
+    # Disarmed, the head returns logits again (validation, export, generation), which are no loss.
+    outputs = model(input_ids=inputs)
+    assert outputs.logits.shape == (3, 16, 512)
+    with pytest.raises(RuntimeError, match="without targets"):
+        fused.loss(outputs)
 
 
 def test_fused_loss_run_matches_logits_run_under_zero3(make_config):

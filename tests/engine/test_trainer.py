@@ -1,5 +1,6 @@
-"""Single-process engine runs: hard-kill resume equality, metrics/checkpoint files, validation,
-export round trip through the CLI, activation checkpointing, and the dry run."""
+"""Single-process engine runs: hard-kill resume equality, the run directory's files, export round
+trip through the CLI, init_from, stop paths, logging without host syncs, activation checkpointing
+and the dry run."""
 
 from __future__ import annotations
 
@@ -11,42 +12,58 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.engine.hooks import Hooks
 from megatron_bliss.engine.trainer import pretrain
+from tests.engine.conftest import tiny_overrides
+
+KILL_RUN = {
+    "train.train_steps": 6,
+    "checkpoint.save_interval": 2,
+    "checkpoint.keep_last": 2,
+    "logging.eval_interval": 3,
+}
 
 
 def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_hard_kill_resume_files_and_export(make_config, tiny_shard, tmp_path, capsys):
-    common = {
-        "train.train_steps": 6,
-        "checkpoint.save_interval": 2,
-        "checkpoint.keep_last": 2,
-        "data.valid_prefix": tiny_shard,
-        "logging.eval_interval": 3,
-        "logging.tensorboard": True,
-    }
-    full = pretrain(make_config("full", **common))
+@pytest.fixture(scope="module")
+def kill_runs(tmp_path_factory, tiny_shard, tokenizer_dir):
+    """An uninterrupted 6-step run, and the same run hard-killed after step 3 (no checkpoint of
+    step 3: the hook stops it without one) and then rerun to its end."""
+    from megatron_bliss.engine.config import load_pretrain_config
+
+    root = tmp_path_factory.mktemp("kill_runs")
+
+    def config(name, **extra):
+        values = {**KILL_RUN, "data.valid_prefix": tiny_shard, **extra}
+        return load_pretrain_config(
+            None, tiny_overrides(tiny_shard, tokenizer_dir, root / name, **values)
+        )
+
+    full = pretrain(config("full", **{"logging.tensorboard": True}))
+    killed = pretrain(config("killed"), Hooks(stop_after_step=3))
+    seen = []
+    resumed = pretrain(config("killed"), Hooks(on_step_end=lambda step, m: seen.append(step)))
+    return {"root": root, "full": full, "killed": killed, "resumed": resumed, "seen": seen}
+
+
+def test_a_hard_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(kill_runs):
+    full, killed, resumed = kill_runs["full"], kill_runs["killed"], kill_runs["resumed"]
     assert full["final_step"] == 6 and len(full["losses"]) == 6
     assert full["consumed_tokens"] == 6 * 8 * 32
     assert full["flops"] == pytest.approx(full["flops_per_token"] * full["consumed_tokens"])
-
-    # Hard kill after step 3 (no checkpoint of step 3): resume replays step 3 from step 2's.
-    killed_config = make_config("killed", **common)
-    with pytest.raises(TrainingInterrupted) as stop:
-        pretrain(killed_config, Hooks(stop_after_step=3))
-    assert stop.value.checkpoint is None
-    seen = []
-    resumed = pretrain(killed_config, Hooks(on_step_end=lambda step, m: seen.append(step)))
-    assert seen == [3, 4, 5, 6]
+    assert killed["interrupted"] and killed["stopped_by"] == "hook" and killed["final_step"] == 3
+    assert kill_runs["seen"] == [3, 4, 5, 6]  # replays step 3 from step 2's checkpoint
     np.testing.assert_allclose(resumed["losses"], full["losses"][2:], rtol=1e-6)
+    records = read_metrics(kill_runs["root"] / "killed")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 3 once
 
-    run_dir = tmp_path / "killed"
+
+def test_the_run_directory_holds_metrics_checkpoints_and_config(kill_runs):
+    run_dir = kill_runs["root"] / "killed"
     records = read_metrics(run_dir)
-    train_steps = [r["step"] for r in records if "loss" in r]
-    assert train_steps == [1, 2, 3, 4, 5, 6]  # the killed run's step-3 record was dropped
     val = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in val] == [3, 6] and all(np.isfinite(r["val_loss"]) for r in val)
     for key in ("lr", "grad_norm", "tokens_per_second", "mfu", "consumed_samples"):
@@ -55,32 +72,76 @@ def test_hard_kill_resume_files_and_export(make_config, tiny_shard, tmp_path, ca
     assert steps_kept == ["global_step4", "global_step6"]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "global_step6"
     assert (run_dir / "config.yaml").exists() and (run_dir / "tokenizer").is_dir()
-    assert any((tmp_path / "full" / "tensorboard").iterdir())
+    assert any((kill_runs["root"] / "full" / "tensorboard").iterdir())
 
+
+def test_export_hf_gives_the_checkpoints_logits_and_tokenizer(kill_runs, tmp_path):
     from transformers import AutoTokenizer
 
     from megatron_bliss.cli import main
     from megatron_bliss.engine.export import load_model
 
+    checkpoints = kill_runs["root"] / "killed" / "checkpoints"
     output = tmp_path / "hf"
-    assert (
-        main(["export-hf", "--checkpoint", str(run_dir / "checkpoints"), "--output", str(output)])
-        == 0
-    )
+    assert main(["export-hf", "--checkpoint", str(checkpoints), "--output", str(output)]) == 0
     assert AutoTokenizer.from_pretrained(output).eos_token == "<|endoftext|>"
     config = json.loads((output / "config.json").read_text())
     assert config["vocab_size"] == 512 and config["hidden_size"] == 64
     probe = torch.arange(40).reshape(2, 20)
     with torch.no_grad():
         from_dir = load_model(output)(input_ids=probe).logits
-        from_checkpoint = load_model(run_dir / "checkpoints" / "global_step6")(
-            input_ids=probe
-        ).logits
+        from_checkpoint = load_model(checkpoints / "global_step6")(input_ids=probe).logits
     torch.testing.assert_close(from_dir, from_checkpoint, rtol=0, atol=0)
 
-    # init_from the export (loaded under ZeRO-3): starts where the trained run ended.
+
+def test_init_from_an_export_starts_where_the_trained_run_ended(kill_runs, make_config, tmp_path):
+    from megatron_bliss.engine.export import export_hf
+
+    output = export_hf(kill_runs["root"] / "full" / "checkpoints", tmp_path / "hf")
     warm = pretrain(make_config("warm", **{"model.init_from": str(output), "train.train_steps": 1}))
-    assert warm["losses"][0] < full["losses"][0] - 0.1
+    assert warm["losses"][0] < kill_runs["full"]["losses"][0] - 0.1
+
+
+def test_a_hook_stop_with_a_checkpoint_ends_like_a_signal_stop(make_config, tmp_path):
+    ended = []
+    hooks = Hooks(stop_after_step=2, stop_with_checkpoint=True, on_train_end=ended.append)
+    summary = pretrain(make_config("stopped"), hooks)
+    assert summary["interrupted"] and summary["signal"] is None and summary["final_step"] == 2
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["interrupted"]
+    assert (tmp_path / "stopped" / "checkpoints" / "latest").read_text().strip() == "global_step2"
+    assert ended == [summary]
+
+
+def test_steps_that_do_not_log_leave_the_loss_on_the_device(make_config, monkeypatch):
+    """Only logged steps read values back from the device: the engine's ``.item()`` and
+    ``.tolist()`` calls happen on steps 4 and 6 (log_interval 4, and the last step), never on
+    steps 1-3 and 5 (DeepSpeed's own calls are not the engine's to remove)."""
+    import sys
+    from pathlib import Path
+
+    import megatron_bliss
+
+    package = str(Path(megatron_bliss.__file__).parent)
+    reads, step = [], {"now": 0}
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(tensor, _original=original):
+            if sys._getframe(1).f_code.co_filename.startswith(package):
+                reads.append(step["now"])
+            return _original(tensor)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def before(number, metrics):
+        step["now"] = number + 1
+
+    config = make_config("sparse_reads", **{"train.train_steps": 6, "logging.log_interval": 4})
+    summary = pretrain(config, Hooks(on_step_end=before))
+    assert len(summary["losses"]) == 6 and all(np.isfinite(summary["losses"]))
+    monkeypatch.undo()
+    training_reads = {s for s in reads if 1 <= s <= 6}
+    assert training_reads == {4, 6}, sorted(set(reads))
 
 
 def test_sigterm_checkpoints_and_stops(make_config, tmp_path):
@@ -136,14 +197,19 @@ def test_gpu_configs_fused_adamw_trains_like_the_default(make_config, stage):
     np.testing.assert_allclose(fused["losses"], default["losses"], rtol=1e-6)
 
 
-def test_cpu_mfu_is_against_a_measured_matmul_peak():
-    from megatron_bliss.engine.metrics import device_peak_flops, measured_matmul_flops
+def test_cpu_mfu_is_against_the_fastest_measured_matmul(monkeypatch):
+    """The peak is 2 n^3 FLOPs over the fastest of the timed matmuls (a clock that reports
+    3, 1 and 2 ms for them must give 2 * 256^3 / 1 ms)."""
+    from megatron_bliss.engine import metrics
 
+    ticks = iter([0.0, 0.003, 1.0, 1.001, 2.0, 2.002])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(ticks))
+    measured = metrics.measured_matmul_flops("fp32", size=256, repeats=3)
+    monkeypatch.undo()
+    assert measured == pytest.approx(2 * 256**3 / 0.001)
     cpu = torch.device("cpu")
-    measured = measured_matmul_flops("fp32", size=256, repeats=3)
-    assert 1e8 < measured < 1e14  # from a slow core to a large AVX-512/AMX machine
-    assert device_peak_flops(cpu, "fp32", None, 5e10) == 5e10  # logging.cpu_peak_flops wins
-    assert device_peak_flops(cpu, "fp32", 7e12, None) == 7e12  # logging.peak_flops wins
+    assert metrics.device_peak_flops(cpu, "fp32", None, 5e10) == 5e10  # cpu_peak_flops wins
+    assert metrics.device_peak_flops(cpu, "fp32", 7e12, None) == 7e12  # peak_flops wins
 
 
 def test_metrics_every_log_interval_and_at_the_last_step(make_config, tmp_path):

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_overrides
 
 from megatron_bliss.engine.config import load_pretrain_config
-from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.engine.hooks import Hooks
 from megatron_bliss.engine.trainer import pretrain
 
 
@@ -41,13 +41,10 @@ def main() -> None:
 
     steps = {"train.train_steps": 8}
     full = pretrain(config(out, "full", **steps), Hooks(on_engine_final=engine_logits))
-    try:
-        pretrain(
-            config(out, "killed", **steps), Hooks(stop_after_step=3, stop_with_checkpoint=True)
-        )
-        raise AssertionError("the stop hook did not stop the run")
-    except TrainingInterrupted as stop:
-        assert stop.checkpoint is not None
+    killed = pretrain(
+        config(out, "killed", **steps), Hooks(stop_after_step=3, stop_with_checkpoint=True)
+    )
+    assert killed["interrupted"] and killed["final_step"] == 3 and killed["checkpoint"]
     resumed = pretrain(config(out, "killed", **steps))
     zero2 = pretrain(config(out, "zero2", **steps, **{"deepspeed.zero_stage": 2}))
     if os.environ.get("RANK", "0") == "0":

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from megatron_bliss.config import ConfigError, from_dict
-from megatron_bliss.engine.hooks import Hooks, TrainingInterrupted
+from megatron_bliss.engine.hooks import Hooks
+from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig, load_pipeline_config
 from megatron_bliss.pipeline.runner import PipelineHooks, run_pipeline
 
@@ -88,7 +89,7 @@ def run_until_killed(config, kill_stage=None, stop_train_after=None):
 
     try:
         run_pipeline(config, PipelineHooks(before_stage, train_hooks))
-    except (Killed, TrainingInterrupted):
+    except (Killed, Interrupted):
         return seen, False
     return seen, True
 
