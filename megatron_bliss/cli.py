@@ -3,7 +3,9 @@
 Each subcommand lives in the module that owns the feature and exposes two functions,
 ``add_arguments(parser)`` and ``run(args) -> int``; this file only lists them, adds
 ``--trust-checkpoint`` to the commands that read DeepSpeed checkpoints by path, and turns errors
-into exit codes (``exit_codes``: 2 with one line for bad input, 75 for an interrupted stage).
+into exit codes (``exit_codes``): a ``UserError`` (``errors.py``: bad input, a bad config, a
+missing or refused file) is one line and 2, an interrupted stage is one line and 75, anything
+else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import sys
 
 from megatron_bliss import exit_codes
-from megatron_bliss.config import ConfigError
+from megatron_bliss.errors import UserError
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.utils.logging import setup_logging
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stopped:  # a signal, after a checkpoint: rerunning continues
         print(f"megatron-bliss {args.command}: {stopped}", file=sys.stderr)
         return exit_codes.INTERRUPTED
-    except (ConfigError, OSError, ValueError) as error:  # bad input: one line, no traceback
+    except UserError as error:  # bad input: one line, no traceback
         logging.getLogger("megatron_bliss").debug("error", exc_info=True)
         print(f"megatron-bliss {args.command}: error: {error}", file=sys.stderr)
         return exit_codes.BAD_INPUT

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.utils.dirs import ensure_dir
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class CompactIndexedDatasetBuilder(IndexedDatasetBuilder):
         """Append a whole finished dataset (its ``.bin`` is copied in chunks)."""
         index = _IndexReader(path_prefix + ".idx", multimodal=False)
         if np.dtype(index.dtype) != np.dtype(self.dtype):
-            raise ValueError(
+            raise InputError(
                 f"{path_prefix}: token dtype {np.dtype(index.dtype)} differs from "
                 f"{np.dtype(self.dtype)} of the datasets merged before it"
             )
@@ -134,6 +135,6 @@ def make_output_parent(prefix: str) -> None:
     try:
         ensure_dir(parent)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"{prefix}: cannot create output folder {parent} (a file is in the way)"
         ) from None

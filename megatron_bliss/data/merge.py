@@ -23,6 +23,7 @@ from megatron_bliss.data.indexed import (
     remove_stale_temporaries,
 )
 from megatron_bliss.data.pool import check_index_file, require_indexed_files
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,10 @@ def check_same_tokenizer(prefixes: list[str]) -> None:
         try:
             digest = json.loads(path.read_text()).get("tokenizer_hash")
         except (ValueError, AttributeError):
-            raise ValueError(f"{path}: unreadable manifest (expected a JSON object)") from None
+            raise InputError(f"{path}: unreadable manifest (expected a JSON object)") from None
         if digest and seen and digest not in seen:
             first_prefix, first_digest = next(iter(seen.items()))[::-1]
-            raise ValueError(
+            raise InputError(
                 f"{prefix}: made with another tokenizer than {first_prefix} "
                 f"(tokenizer_hash {digest[:12]} vs {first_digest[:12]}); refusing to merge"
             )
@@ -77,7 +78,7 @@ def combine_manifests(prefixes: list[str]) -> dict | None:
 def merge_datasets(prefixes: list[str], output_prefix: str, manifest: dict | None = None) -> str:
     """Concatenate ``prefixes`` in order into ``output_prefix`` (written under a temp name)."""
     if not prefixes:
-        raise ValueError("merge: no input datasets")
+        raise ConfigError("merge: no input datasets")
     dtypes = {prefix: _dtype_of(prefix) for prefix in prefixes}
     dtype = dtypes[prefixes[0]]
     check_same_tokenizer(prefixes)
@@ -106,7 +107,7 @@ def prefixes_in(folder: str) -> list[str]:
     """Every ``*.idx`` prefix in a folder, sorted by name."""
     found = sorted(str(p)[: -len(".idx")] for p in Path(folder).glob("*.idx"))
     if not found:
-        raise FileNotFoundError(f"{folder}: no .idx files to merge")
+        raise MissingFileError(f"{folder}: no .idx files to merge")
     return found
 
 

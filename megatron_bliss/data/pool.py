@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
+
 MAX_ID_CHUNK = 1 << 24  # tokens per chunk when scanning a shard for its largest id
 
 
@@ -24,7 +26,7 @@ def require_indexed_files(prefix: str, what: str = "indexed dataset file", hint:
     make it), before anything slower looks at it."""
     for suffix in (".bin", ".idx"):
         if not os.path.isfile(prefix + suffix):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{prefix}{suffix}: {what} not found" + (f" ({hint})" if hint else "")
             )
 
@@ -42,11 +44,11 @@ def check_index_file(prefix: str) -> None:
     with open(path, "rb") as handle:
         header = handle.read(INDEX_HEADER.size)
     if len(header) < INDEX_HEADER.size or not header.startswith(INDEX_MAGIC):
-        raise ValueError(f"{path}: not a Megatron indexed dataset index (no MMIDIDX header)")
+        raise InputError(f"{path}: not a Megatron indexed dataset index (no MMIDIDX header)")
     _, _, _, sequences, documents = INDEX_HEADER.unpack(header)
     expected = INDEX_HEADER.size + 12 * sequences + 8 * documents  # int32 + int64, int64
     if size < expected:
-        raise ValueError(
+        raise InputError(
             f"{path}: truncated index ({size} bytes; its header describes {sequences} sequences "
             f"in {expected} bytes); rebuild the dataset"
         )
@@ -72,7 +74,7 @@ class SequencePool:
 
     def __init__(self, prefix: str | Path, seq_length: int):
         if seq_length < 1:
-            raise ValueError(f"seq_length must be positive, got {seq_length}")
+            raise ConfigError(f"seq_length must be positive, got {seq_length}")
         self.prefix = str(prefix)
         self.seq_length = int(seq_length)
         self.indexed = _open_indexed(self.prefix)
@@ -97,7 +99,7 @@ class SequencePool:
         )
         bin_size = os.path.getsize(self.prefix + ".bin")
         if bin_size < self.num_tokens * self.dtype.itemsize:
-            raise ValueError(
+            raise InputError(
                 f"{self.prefix}.bin: truncated ({bin_size} bytes; the index describes "
                 f"{self.num_tokens * self.dtype.itemsize}); rebuild the dataset"
             )
@@ -105,7 +107,7 @@ class SequencePool:
             not np.array_equal(pointers, expected)
             or bin_size != self.num_tokens * self.dtype.itemsize
         ):
-            raise ValueError(f"{self.prefix}.bin: documents are not stored contiguously in order")
+            raise InputError(f"{self.prefix}.bin: documents are not stored contiguously in order")
 
     def __len__(self) -> int:
         return self.num_sequences
@@ -114,7 +116,7 @@ class SequencePool:
         """Self, or one clear error when the shard is shorter than one sequence (scoring or
         selecting from an empty pool would only fail later, less clearly)."""
         if self.num_sequences == 0:
-            raise ValueError(
+            raise InputError(
                 f"{self.prefix}: {self.num_tokens} tokens hold no sequence of length "
                 f"{self.seq_length} (a sequence needs {self.seq_length + 1} tokens)"
             )

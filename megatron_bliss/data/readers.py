@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
+
 JSON_SUFFIXES = (".jsonl", ".json")
 COMPRESSION_SUFFIXES = ("", ".gz", ".zst")
 PARQUET_SUFFIX = ".parquet"
@@ -73,12 +75,12 @@ def expand_inputs(specs: list[str] | str) -> list[Path]:
                 if p.is_file() and is_supported(p) and not is_dataset_manifest(p)
             )
             if not matches:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{spec}: directory holds no .jsonl/.json(.gz/.zst)/.parquet"
                 )
         elif os.path.isfile(spec):
             if not is_supported(spec):
-                raise ValueError(f"{spec}: unsupported input (.jsonl/.json(.gz/.zst) or .parquet)")
+                raise ConfigError(f"{spec}: unsupported input (.jsonl/.json(.gz/.zst) or .parquet)")
             matches = [Path(spec)]
         else:
             matches = sorted(
@@ -87,7 +89,7 @@ def expand_inputs(specs: list[str] | str) -> list[Path]:
                 if is_supported(p) and not is_dataset_manifest(Path(p))
             )
             if not matches:
-                raise FileNotFoundError(f"{spec}: no input file matches")
+                raise MissingFileError(f"{spec}: no input file matches")
         found.extend(m for m in matches if m not in found)
     return found
 
@@ -199,7 +201,7 @@ def iter_json_batches(path: Path, batch_lines: int, batch_bytes: int) -> Iterato
                     lines, size = [], 0
     except _archive_errors() as error:
         what = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(
+        raise InputError(
             f"{path}:{line_number + 1}: cannot read (corrupt or truncated file: {what})"
         ) from None
     if lines:
@@ -213,10 +215,10 @@ def iter_parquet_batches(path: Path, keys: list[str], batch_rows: int) -> Iterat
     try:
         parquet = pq.ParquetFile(path)
     except Exception as error:
-        raise ValueError(f"{path}:1: cannot read Parquet ({error})") from None
+        raise InputError(f"{path}:1: cannot read Parquet ({error})") from None
     missing = [key for key in keys if key not in parquet.schema_arrow.names]
     if missing:
-        raise ValueError(f"{path}:1: missing column '{missing[0]}'")
+        raise InputError(f"{path}:1: missing column '{missing[0]}'")
     row = 1
     for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=keys):
         columns = {key: record_batch.column(key).to_pylist() for key in keys}

@@ -27,6 +27,7 @@ from megatron_bliss.data.indexed import (
     remove_outputs,
 )
 from megatron_bliss.data.pool import SequencePool
+from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _key_of(prefix: str) -> str:
 def check_fills_shards(source: str, documents: int, num_shards: int) -> None:
     """Every shard needs a document: an empty shard makes its selection round fail much later."""
     if documents < num_shards:
-        raise ValueError(
+        raise InputError(
             f"{source}: {documents} document(s) cannot fill {num_shards} shards "
             "(lower --num-shards)"
         )
@@ -51,7 +52,7 @@ def check_fills_shards(source: str, documents: int, num_shards: int) -> None:
 def split_indexed(data_prefix: str, num_shards: int, output_prefix: str) -> list[str]:
     """Deal the documents of a finished dataset round-robin into ``num_shards`` datasets."""
     if num_shards < 1:
-        raise ValueError(f"--num-shards must be at least 1, got {num_shards}")
+        raise ConfigError(f"--num-shards must be at least 1, got {num_shards}")
     source = SequencePool(data_prefix, 1)  # validated, contiguous view of the tokens
     lengths = source.document_lengths
     check_fills_shards(data_prefix, len(lengths), num_shards)
@@ -110,14 +111,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.data_prefix and args.input:
-        raise ValueError(
+        raise ConfigError(
             "make-shards takes --input (a corpus) or --data-prefix (a dataset), not both"
         )
     if args.data_prefix:
         split_indexed(args.data_prefix, args.num_shards, args.output_prefix)
         return 0
     if not args.input:
-        raise ValueError("make-shards needs --input (a corpus) or --data-prefix (a dataset)")
+        raise ConfigError("make-shards needs --input (a corpus) or --data-prefix (a dataset)")
     from megatron_bliss.data.preprocess import run_preprocess
     from megatron_bliss.data.preprocess_cli import options_from_args
 

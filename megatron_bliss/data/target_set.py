@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from megatron_bliss.data.readers import is_encodable
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 
 FORMATS = ("documents", "last_word", "prompt_continuation")
 IGNORE_INDEX = -100
@@ -48,9 +49,9 @@ def _read_rows(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+                raise InputError(f"{path}:{number}: invalid JSON ({error.msg})") from None
     if not rows:
-        raise ValueError(f"{path}: target set is empty")
+        raise InputError(f"{path}: target set is empty")
     return rows
 
 
@@ -64,14 +65,14 @@ def json_type(value) -> str:
 def _field(row, name: str, fmt: str, where: str) -> str:
     """The string ``row[name]``, or one error naming the row and what the format expects."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object")
+        raise InputError(f"{where}: expected a JSON object")
     if name not in row:
         wanted = "'prompt' and 'continuation'" if fmt == "prompt_continuation" else "'text'"
-        raise ValueError(f"{where}: missing field '{name}' (--target-format {fmt} reads {wanted})")
+        raise InputError(f"{where}: missing field '{name}' (--target-format {fmt} reads {wanted})")
     if not isinstance(row[name], str):
-        raise ValueError(f"{where}: field '{name}' is {json_type(row[name])}, not a string")
+        raise InputError(f"{where}: field '{name}' is {json_type(row[name])}, not a string")
     if not is_encodable(row[name]):
-        raise ValueError(f"{where}: field '{name}' holds an unpaired surrogate escape")
+        raise InputError(f"{where}: field '{name}' holds an unpaired surrogate escape")
     return row[name]
 
 
@@ -84,7 +85,7 @@ def _split(row: dict, fmt: str, where: str) -> tuple[str, str]:
         return "", text
     context, _, word = text.rstrip().rpartition(" ")
     if not context:
-        raise ValueError(f"{where}: no final word to score in {text[:40]!r}")
+        raise InputError(f"{where}: no final word to score in {text[:40]!r}")
     return context, " " + word
 
 
@@ -101,7 +102,7 @@ class TargetSet:
 
     def __init__(self, examples: list[TargetExample], pad_id: int = 0, name: str = "target"):
         if not examples:
-            raise ValueError(f"{name}: target set has no examples")
+            raise InputError(f"{name}: target set has no examples")
         self.examples = examples
         self.pad_id = pad_id
         self.name = name
@@ -116,10 +117,10 @@ class TargetSet:
         limit: int | None = None,
     ) -> TargetSet:
         if fmt not in FORMATS:
-            raise ValueError(f"target format '{fmt}' is not one of {', '.join(FORMATS)}")
+            raise ConfigError(f"target format '{fmt}' is not one of {', '.join(FORMATS)}")
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: target set not found")
+            raise MissingFileError(f"{path}: target set not found")
         rows = _read_rows(path)[:limit]
         examples = []
         for number, row in enumerate(rows, start=1):

@@ -47,6 +47,7 @@ from megatron_bliss.data.tokenizer import (
     token_dtype,
     tokenizer_hash,
 )
+from megatron_bliss.errors import InputError
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -371,7 +372,7 @@ def process_files(
         batches = iter_batches(paths, setup.keys, batch_lines=options.batch_lines)
         for result in ordered_map(options.tokenizer, setup, batches, options.workers):
             if result.error:
-                raise ValueError(result.error)
+                raise InputError(result.error)
             for key in setup.keys:
                 writers.add(key, result.tokens[key], result.lengths[key])
                 empty[key] += result.empty[key]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
+
 EOD_CANDIDATES = ("<|endoftext|>", "</s>")
 UINT16_LIMIT = 65500  # CONTRACT.md: uint16 tokens when len(tokenizer) < 65500
 
@@ -132,10 +134,10 @@ def _load_sentencepiece(path: Path):
 
 def _load_gpt2_bpe(vocab_file: str | None, merge_file: str | None):
     if not vocab_file or not merge_file:
-        raise ValueError("GPT2BPETokenizer needs --vocab-file and --merge-file")
+        raise ConfigError("GPT2BPETokenizer needs --vocab-file and --merge-file")
     for path in (vocab_file, merge_file):
         if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: tokenizer file not found")
+            raise MissingFileError(f"{path}: tokenizer file not found")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     transformers = _quiet_transformers()
@@ -154,23 +156,23 @@ def _load(spec: TokenizerSpec):
     if spec.tokenizer_type == "GPT2BPETokenizer":
         return _load_gpt2_bpe(spec.vocab_file, spec.merge_file)
     if spec.tokenizer_type not in (None, "HuggingFaceTokenizer"):
-        raise ValueError(
+        raise ConfigError(
             f"--tokenizer-type {spec.tokenizer_type} is not supported "
             "(HuggingFaceTokenizer or GPT2BPETokenizer)"
         )
     if not spec.name:
-        raise ValueError("no tokenizer given (--tokenizer or --tokenizer-model)")
+        raise ConfigError("no tokenizer given (--tokenizer or --tokenizer-model)")
     path = Path(spec.name)
     if path.is_file() and path.suffix == ".json":
         return _load_json_file(path)
     if path.is_file() and path.suffix == ".model":
         return _load_sentencepiece(path)
     if path.is_file():
-        raise ValueError(f"{path}: not a tokenizer (expected a directory, *.json or *.model)")
+        raise ConfigError(f"{path}: not a tokenizer (expected a directory, *.json or *.model)")
     if not path.exists() and (
         path.suffix in (".json", ".model") or spec.name.startswith((".", "/"))
     ):
-        raise FileNotFoundError(f"{path}: tokenizer not found")  # a path, not a hub name
+        raise MissingFileError(f"{path}: tokenizer not found")  # a path, not a hub name
     transformers = _quiet_transformers()
     return transformers.AutoTokenizer.from_pretrained(spec.name)
 
@@ -179,19 +181,20 @@ def load_tokenizer(spec: str | TokenizerSpec):
     """A Hugging Face tokenizer for ``spec``; any failure becomes one line naming the spec."""
     spec = TokenizerSpec(name=str(spec)) if not isinstance(spec, TokenizerSpec) else spec
     if not spec.name and spec.tokenizer_type != "GPT2BPETokenizer":
-        raise ValueError(
+        raise ConfigError(
             "no tokenizer given (--tokenizer, or --tokenizer-model with --tokenizer-type)"
         )
     try:
         return _load(spec)
     except (FileNotFoundError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if spec.describe() in message:
-            raise type(error)(message) from None
-        raise ValueError(f"{spec.describe()}: cannot load tokenizer ({message})") from None
+        if spec.describe() in message:  # already one line naming the tokenizer
+            missing = isinstance(error, FileNotFoundError)
+            raise (MissingFileError if missing else InputError)(message) from None
+        raise InputError(f"{spec.describe()}: cannot load tokenizer ({message})") from None
     except Exception as error:  # tokenizers/transformers raise many types for a broken file
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{spec.describe()}: cannot load tokenizer ({message})") from None
+        raise InputError(f"{spec.describe()}: cannot load tokenizer ({message})") from None
 
 
 def resolve_eod_id(tokenizer, override: str | int | None = None) -> int:
@@ -200,17 +203,17 @@ def resolve_eod_id(tokenizer, override: str | int | None = None) -> int:
     if override is not None:
         if isinstance(override, int) or str(override).isdigit():
             if int(override) >= len(tokenizer):
-                raise ValueError(f"--eod-token {override} is outside the vocabulary")
+                raise ConfigError(f"--eod-token {override} is outside the vocabulary")
             return int(override)
         if override not in vocab:
-            raise ValueError(f"--eod-token {override!r} is not a token of the tokenizer")
+            raise ConfigError(f"--eod-token {override!r} is not a token of the tokenizer")
         return int(vocab[override])
     if tokenizer.eos_token_id is not None:
         return int(tokenizer.eos_token_id)
     for candidate in EOD_CANDIDATES:
         if candidate in vocab:
             return int(vocab[candidate])
-    raise ValueError(
+    raise ConfigError(
         "tokenizer has no eos token, '<|endoftext|>' or '</s>': give one with --eod-token"
     )
 
@@ -251,7 +254,7 @@ def check_dataset_tokenizer(prefix: str, tokenizer, name: str) -> None:
     made_with = record.get("tokenizer") or recorded[:12]
     if _same_vocabulary(made_with, tokenizer):
         return
-    raise ValueError(
+    raise InputError(
         f"{manifest}: {prefix} was tokenized with {made_with} ({record.get('vocab_size')} "
         f"tokens), not with data.tokenizer={name} ({len(tokenizer)} tokens, another vocabulary); "
         "pass the dataset's tokenizer or re-tokenize the data"
@@ -294,5 +297,5 @@ class DocumentEncoder:
 
 def bos_id_or_error(tokenizer) -> int:
     if tokenizer.bos_token_id is None:
-        raise ValueError("--add-bos: the tokenizer has no bos token")
+        raise ConfigError("--add-bos: the tokenizer has no bos token")
     return int(tokenizer.bos_token_id)

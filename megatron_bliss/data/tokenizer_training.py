@@ -20,6 +20,7 @@ from pathlib import Path
 
 from megatron_bliss.data.readers import expand_inputs, iter_batches
 from megatron_bliss.data.tokenize_files import batch_records
+from megatron_bliss.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < BPE_MIN_VOCAB:
-        raise ValueError(
+        raise ConfigError(
             f"--vocab-size {vocab_size}: a byte-level BPE needs at least {BPE_MIN_VOCAB} "
             "(256 bytes + 2 special tokens)"
         )
@@ -80,7 +81,7 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], vocab_size: int, output:
             )
         except RuntimeError as error:  # sentencepiece's checks: "INTERNAL: file(line) [cond] why"
             reason = str(error).strip().splitlines()[0].split("] ", 1)[-1]
-            raise ValueError(f"--vocab-size {vocab_size}: sentencepiece: {reason}") from None
+            raise ConfigError(f"--vocab-size {vocab_size}: sentencepiece: {reason}") from None
         (output / "tokenizer.model").write_bytes((Path(folder) / "sp.model").read_bytes())
     tokenizer = LlamaTokenizer.from_pretrained(output)
     tokenizer.save_pretrained(output)
@@ -98,7 +99,7 @@ def corpus_texts(
         for batch in iter_batches(paths, keys):
             for line_number, record in batch_records(batch, keys):
                 if isinstance(record, str):
-                    raise ValueError(f"{batch.path}:{line_number}: {record}")
+                    raise InputError(f"{batch.path}:{line_number}: {record}")
                 yield from (text for text in record if text)
 
     return itertools.islice(texts(), limit)
@@ -111,17 +112,17 @@ def nonempty_texts(inputs: list[str], key: str | list[str]) -> Iterator[str]:
     first = next(texts, None)
     if first is None:
         named = ", ".join(str(i) for i in inputs)
-        raise ValueError(f"{named}: no documents to train a tokenizer on")
+        raise InputError(f"{named}: no documents to train a tokenizer on")
     return itertools.chain([first], texts)
 
 
 def check_output_dir(output: Path) -> None:
     """New, empty, or an earlier tokenizer (replaced); a file or other folder is refused."""
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output}: --output exists and is not a directory")
+        raise ConfigError(f"{output}: --output exists and is not a directory")
     holds_tokenizer = any((output / name).exists() for name in TOKENIZER_FILES)
     if output.is_dir() and any(output.iterdir()) and not holds_tokenizer:
-        raise ValueError(
+        raise ConfigError(
             f"{output}: --output is a non-empty directory that holds no tokenizer; "
             "refusing to replace it"
         )
@@ -136,7 +137,7 @@ def train_tokenizer(
 ):
     """Train on the corpus into a staging folder, renamed to ``output`` only when complete."""
     if kind not in ("bpe", "sentencepiece"):
-        raise ValueError(f"--type {kind}: expected bpe or sentencepiece")
+        raise ConfigError(f"--type {kind}: expected bpe or sentencepiece")
     output = Path(output)
     check_output_dir(output)
     texts = nonempty_texts(inputs, key)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_bliss.data.pool import SequencePool
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 from megatron_bliss.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -39,19 +40,19 @@ def read_selection(path: str | Path, seq_length: int, num_sequences: int) -> np.
     """Sorted int64 pool indices of a ``selection.npy``, checked against its ``selection.json``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: selection file not found")
+        raise MissingFileError(f"{path}: selection file not found")
     meta_path = path.with_suffix(".json")
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         selected_length = meta.get("seq_length")
         if selected_length is not None and int(selected_length) != seq_length:
-            raise ValueError(
+            raise InputError(
                 f"{path}: selection was made with seq_length {selected_length}, "
                 f"but this run uses seq_length {seq_length}"
             )
         pool_size = meta.get("num_sequences")
         if pool_size is not None and int(pool_size) != num_sequences:
-            raise ValueError(
+            raise InputError(
                 f"{path}: selection was made on a pool of {pool_size} sequences "
                 f"({meta.get('data_prefix')}), but this shard has {num_sequences}: another shard"
             )
@@ -61,11 +62,11 @@ def read_selection(path: str | Path, seq_length: int, num_sequences: int) -> np.
         indices = np.asarray(np.load(path), dtype=np.int64).reshape(-1)
     except (ValueError, OSError, TypeError) as error:  # not an .npy of integers
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{path}: not a selection .npy ({reason})") from None
+        raise InputError(f"{path}: not a selection .npy ({reason})") from None
     if len(indices) == 0:
-        raise ValueError(f"{path}: selection is empty")
+        raise InputError(f"{path}: selection is empty")
     if indices.min() < 0 or indices.max() >= num_sequences:
-        raise ValueError(
+        raise InputError(
             f"{path}: selection indices must lie in [0, {num_sequences}) "
             f"(the shard's pool size at seq_length {seq_length})"
         )
@@ -75,12 +76,12 @@ def read_selection(path: str | Path, seq_length: int, num_sequences: int) -> np.
 def check_vocabulary(pool: SequencePool, vocab_size: int) -> None:
     """Refuse a shard whose token ids do not fit the model's vocabulary (one line)."""
     if not np.issubdtype(pool.dtype, np.integer):
-        raise ValueError(f"{pool.prefix}: token dtype {pool.dtype} is not an integer type")
+        raise InputError(f"{pool.prefix}: token dtype {pool.dtype} is not an integer type")
     if np.iinfo(pool.dtype).max < vocab_size:
         return  # no id the dtype can hold can reach vocab_size
     largest = pool.max_token_id()
     if largest >= vocab_size:
-        raise ValueError(
+        raise InputError(
             f"{pool.prefix}: token id {largest} does not fit the model's vocabulary of "
             f"{vocab_size} (was the shard made with another tokenizer?)"
         )
@@ -162,7 +163,7 @@ class TrainingDataset:
     def _candidates(self, source: DataSource, pool: SequencePool) -> np.ndarray:
         if source.selection is None:
             if pool.num_sequences == 0:
-                raise ValueError(
+                raise InputError(
                     f"{source.prefix}: shard has no full sequence of {self.seq_length} tokens"
                 )
             return np.arange(pool.num_sequences, dtype=np.int64)
@@ -171,7 +172,7 @@ class TrainingDataset:
     def _normalised_weights(self) -> np.ndarray:
         weights = np.asarray([float(s.weight) for s in self.sources], dtype=np.float64)
         if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"blending weights must be non-negative with a positive sum: {weights}"
             )
         return weights / weights.sum()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from megatron_bliss.errors import ConfigError
+
 
 def micro_batch_indices(
     consumed: int, micro_step: int, rank: int, world_size: int, micro_batch: int
@@ -74,7 +76,7 @@ def make_batch(
     batch: dict[str, torch.Tensor] = {"input_ids": inputs, "labels": labels}
     needs_eod = options.eod_mask_loss or options.reset_position_ids or options.reset_attention_mask
     if needs_eod and options.eod_token_id is None:
-        raise ValueError("eod_mask_loss/reset_* need data.eod_token_id or a tokenizer with eos")
+        raise ConfigError("eod_mask_loss/reset_* need data.eod_token_id or a tokenizer with eos")
     loss_mask = torch.ones(labels.shape, dtype=torch.float32)
     if options.eod_mask_loss:
         loss_mask[inputs == options.eod_token_id] = 0.0

@@ -39,6 +39,7 @@ from megatron_bliss.engine.distributed import (
     wait_for_rank0,
 )
 from megatron_bliss.engine.safe_load import UntrustedCheckpoint, checkpoint_reading, load_file
+from megatron_bliss.errors import InputError, MissingFileError
 from megatron_bliss.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> tuple[Path, str
             folders = integrity.step_folders(candidate)
             if folders:
                 return candidate, folders[-1][1]
-    raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint (no 'latest' file or step folder)")
+    raise MissingFileError(f"{path}: not a DeepSpeed checkpoint (no 'latest' file or step folder)")
 
 
 def _is_step_folder(path: Path) -> bool:
@@ -261,9 +262,9 @@ def convert_to_universal(
             except UntrustedCheckpoint:
                 raise
             except FileNotFoundError as error:  # already one line naming the folder
-                raise ValueError(str(error)) from None
+                raise InputError(str(error)) from None
             except Exception as error:
-                raise ValueError(
+                raise InputError(
                     f"{checkpoint_dir / tag}: universal checkpoint conversion failed: "
                     f"{type(error).__name__}: {error}"
                 ) from None
@@ -279,7 +280,7 @@ def _run_ds_to_universal(source: Path, target: Path) -> None:
     from deepspeed.checkpoint import ds_to_universal
 
     if not any(source.glob("*optim_states.pt")):
-        raise FileNotFoundError(f"{source}: no optimizer states (*optim_states.pt) to convert")
+        raise MissingFileError(f"{source}: no optimizer states (*optim_states.pt) to convert")
     staging = target.parent / f".{target.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     output = staging / target.name
@@ -312,7 +313,7 @@ def repair_universal_optimizer_state(engine, universal_dir: Path, trust: bool = 
     saved_groups = saved.get("param_groups", [])
     live_groups = engine.optimizer.param_groups
     if len(saved_groups) != len(live_groups):
-        raise ValueError(
+        raise InputError(
             f"{universal_dir}: {len(saved_groups)} optimizer groups saved, this run has "
             f"{len(live_groups)}"
         )
@@ -358,7 +359,7 @@ def load_checkpoint(
             load_lr_scheduler_states=False,
         )
     if load_path is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{checkpoint_dir / load_tag}: DeepSpeed could not load the checkpoint"
         )
     if universal:

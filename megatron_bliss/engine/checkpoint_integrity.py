@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from megatron_bliss.errors import InputError, MissingFileError
 from megatron_bliss.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ META_FILE = "meta.json"
 LATEST = "latest"
 
 
-class CorruptCheckpoint(ValueError):
+class CorruptCheckpoint(InputError):
     """A checkpoint folder that is incomplete or damaged; the message names the file."""
 
 
@@ -83,7 +84,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     """The folder's ``meta.json``, or one line naming it when it is missing or not JSON."""
     path = folder / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint metadata not found")
+        raise MissingFileError(f"{path}: checkpoint metadata not found")
     try:
         meta = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

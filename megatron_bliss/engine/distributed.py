@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_bliss.errors import InputError
 from megatron_bliss.utils.device import local_rank
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def wait_for_rank0(ready: Path, failed: Path, what: str, poll_seconds: float = 2
     started = last_report = time.monotonic()
     while not ready.exists():
         if failed.exists():
-            raise ValueError(failed.read_text().strip() or f"{what}: failed on rank 0")
+            raise InputError(failed.read_text().strip() or f"{what}: failed on rank 0")
         if time.monotonic() - last_report >= 60:
             last_report = time.monotonic()
             logger.info("waiting for rank 0: %s (%.0f s)", what, last_report - started)

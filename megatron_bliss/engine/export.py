@@ -24,6 +24,7 @@ import torch
 
 from megatron_bliss.engine.checkpoint import read_meta, resolve_checkpoint
 from megatron_bliss.engine.safe_load import checkpoint_reading
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 from megatron_bliss.models.loading import is_hf_directory, model_from_state_dict
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def model_config_of(meta: dict, checkpoint_dir: Path, tag: str) -> dict:
     """The model config a checkpoint's ``meta.json`` records, or one line saying it has none."""
     config = meta.get("model_config") if isinstance(meta, dict) else None
     if not isinstance(config, dict):
-        raise ValueError(
+        raise InputError(
             f"{checkpoint_dir / tag / 'meta.json'}: no model_config "
             "(not a checkpoint written by megatron-bliss pretrain)"
         )
@@ -77,7 +78,7 @@ def load_model(path: str | Path, trust: bool | None = None) -> torch.nn.Module:
         )
         return model.eval()
     if not path.exists():
-        raise FileNotFoundError(f"{path}: model path not found")
+        raise MissingFileError(f"{path}: model path not found")
     model, _ = load_checkpoint_model(path, trust)
     return model
 
@@ -105,9 +106,9 @@ def check_output(output: Path) -> None:
     """The output may be new, empty, or an earlier export (replaced); anything else is refused,
     so a mistyped ``--output`` (a run directory, ``.``) is never deleted."""
     if output.is_file() or output.is_symlink():
-        raise ValueError(f"{output}: --output exists and is not a directory")
+        raise ConfigError(f"{output}: --output exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not (output / "config.json").is_file():
-        raise ValueError(
+        raise ConfigError(
             f"{output}: --output is a non-empty directory that is not a Hugging Face model "
             "(no config.json); refusing to replace it"
         )

@@ -116,10 +116,10 @@ def launch(config_path: str, tiny_data: bool = False) -> int:
 def _train_and_export(config_path: str, overrides: list[str]) -> int:
     import torch.distributed as dist
 
-    from megatron_bliss.config import ConfigError
     from megatron_bliss.engine.cli import report
     from megatron_bliss.engine.config import load_pretrain_config
     from megatron_bliss.engine.trainer import pretrain
+    from megatron_bliss.errors import UserError
 
     try:
         config = load_pretrain_config(config_path, overrides)
@@ -132,7 +132,7 @@ def _train_and_export(config_path: str, overrides: list[str]) -> int:
 
             output = export_hf(summary["checkpoint"], Path(summary["run_dir"]) / "hf")
             print(f"trained to step {summary['final_step']}; exported {output}", flush=True)
-    except (ConfigError, OSError, ValueError) as error:
+    except UserError as error:
         print(f"pretrain: error: {error}", file=sys.stderr, flush=True)
         os._exit(exit_codes.BAD_INPUT)
     if dist.is_initialized():

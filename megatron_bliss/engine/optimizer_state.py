@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.models.parameter_subsets import matching_linear_modules
 from megatron_bliss.utils.io import atomic_path
 
@@ -37,7 +38,7 @@ def require_subset_layers(model: torch.nn.Module, subsets: list[str]) -> list[tu
     """The linear layers ``subsets`` name in ``model``, or one line saying none matches."""
     modules = matching_linear_modules(model, subsets)
     if not modules:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint.adam_state_params={list(subsets)}: no linear layer of the model matches"
         )
     return modules

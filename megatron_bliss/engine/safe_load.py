@@ -28,6 +28,8 @@ from collections.abc import Iterator
 
 import torch
 
+from megatron_bliss.errors import InputError
+
 TRUST_HINT = (
     "checkpoints load without running code; if you trust this file's origin, pass "
     "--trust-checkpoint (config: checkpoint.trust=true)"
@@ -35,7 +37,7 @@ TRUST_HINT = (
 _TRUSTED = contextvars.ContextVar("megatron_bliss_trust_checkpoint", default=False)
 
 
-class UntrustedCheckpoint(ValueError):
+class UntrustedCheckpoint(InputError):
     """A checkpoint file that needs the full unpickler; the message names the file."""
 
 

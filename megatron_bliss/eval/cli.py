@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.eval.harness import (
     evaluate_model,
     headline_average,
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     requested = parse_task_list(args.tasks)
     if not requested and not args.ppl_data:
-        raise ValueError(f"--tasks names no task (known: {', '.join(KNOWN_TASKS)})")
+        raise ConfigError(f"--tasks names no task (known: {', '.join(KNOWN_TASKS)})")
     results = evaluate_model(
         args.model,
         requested,

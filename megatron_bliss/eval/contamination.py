@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_bliss.errors import InputError
+
 NGRAM = 13
 _BASE = np.uint64(1_000_003)
 
@@ -100,7 +102,7 @@ def read_documents(path: str | Path, max_documents: int | None = None) -> list[s
             try:
                 documents.append(document_text(json.loads(line)))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                raise InputError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
             if max_documents is not None and len(documents) >= max_documents:
                 break
     return documents

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 from megatron_bliss.eval.task_specs import (
     HEADLINE_TASKS,
     HUB_TASKS,
@@ -51,7 +52,7 @@ def require_tokenizer_files(model_dir: Path) -> None:
     """lm-eval loads the tokenizer from the model directory and, without one, dies in an
     ``AssertionError`` of its own: say what is missing and how to add it instead."""
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); export with "
             "megatron-bliss export-hf --tokenizer TOK, or save the tokenizer into the directory"
         )
@@ -63,7 +64,7 @@ def parse_task_list(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
     names = list(dict.fromkeys(name.strip() for name in names if name.strip()))
     unknown = [name for name in names if name not in KNOWN_TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TASKS)}")
+        raise ConfigError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TASKS)}")
     return names
 
 
@@ -166,7 +167,7 @@ def evaluate_model(
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: {not_a_model_reason(model_dir)}")
+        raise MissingFileError(f"{model_dir}: {not_a_model_reason(model_dir)}")
     require_tokenizer_files(model_dir)
     names = parse_task_list(tasks)
     if output:  # before the (slow) evaluation
@@ -179,7 +180,7 @@ def evaluate_model(
         manager = TaskManager(include_path=include_dir, include_defaults=needs_hub)
         loaded, _ = _load_tasks(manager, names, local, ppl_data is not None)
         if not loaded:
-            raise ValueError("no task could be loaded (see the messages above)")
+            raise InputError("no task could be loaded (see the messages above)")
         from megatron_bliss.utils.device import resolve_device
 
         resolved_device = str(resolve_device(device, "--device"))

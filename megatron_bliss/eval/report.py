@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.eval import contamination
 from megatron_bliss.eval.curves import (
     accuracy_curve,
@@ -421,7 +422,7 @@ def write_report(
     runs = [load_run(path) for path in run_dirs]
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"run directories must have distinct names, got {', '.join(names)}")
+        raise ConfigError(f"run directories must have distinct names, got {', '.join(names)}")
     output_dir = Path(output) if output else default_output_dir([run.path for run in runs])
     check_dir_creatable(output_dir / "plots", "--output folder")
     plots = output_dir / "plots"

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from megatron_bliss.errors import InputError, MissingFileError
+
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
 
 
@@ -116,9 +118,9 @@ def load_run(path: str | Path) -> RunData:
     when it is neither."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path}: a file, not a run directory")
+        raise InputError(f"{path}: a file, not a run directory")
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: run directory not found")
+        raise MissingFileError(f"{path}: run directory not found")
     round_dirs = sorted(
         (int(m.group(1)), child)
         for child in path.iterdir()
@@ -127,7 +129,7 @@ def load_run(path: str | Path) -> RunData:
     if not round_dirs:
         if (path / "metrics.jsonl").is_file():
             return _load_training_run(path)
-        raise ValueError(
+        raise InputError(
             f"{path}: no round_0/ ... round_R/ folders (not a pipeline run directory) and no "
             "metrics.jsonl (not a pretrain run directory)"
         )

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_bliss.errors import InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 SHIPPED_TASK_DIR = Path(__file__).parent / "tasks"
@@ -129,7 +131,7 @@ def validate_jsonl(path: Path, required_keys: tuple[str, ...]) -> int:
     check runs first and raises one line ``FILE:LINE: what is wrong``.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: task data file not found")
+        raise MissingFileError(f"{path}: task data file not found")
     rows = 0
     with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is fine (datasets too)
         for line_number, line in enumerate(handle, start=1):
@@ -138,18 +140,18 @@ def validate_jsonl(path: Path, required_keys: tuple[str, ...]) -> int:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                raise InputError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object")
+                raise InputError(f"{path}:{line_number}: expected a JSON object")
             missing = [key for key in required_keys if key not in row]
             if missing:
-                raise ValueError(f"{path}:{line_number}: missing field(s) {', '.join(missing)}")
+                raise InputError(f"{path}:{line_number}: missing field(s) {', '.join(missing)}")
             nulls = [key for key in required_keys if row[key] is None]
             if nulls:
-                raise ValueError(f"{path}:{line_number}: field(s) {', '.join(nulls)} null")
+                raise InputError(f"{path}:{line_number}: field(s) {', '.join(nulls)} null")
             rows += 1
     if rows == 0:
-        raise ValueError(f"{path}: no documents")
+        raise InputError(f"{path}: no documents")
     return rows
 
 
@@ -183,7 +185,7 @@ def write_local_task_dir(
     if task_data is not None:
         task_data = Path(task_data).expanduser().resolve()
         if not task_data.is_dir():
-            raise FileNotFoundError(f"{task_data}: --task-data folder not found")
+            raise MissingFileError(f"{task_data}: --task-data folder not found")
         for name in tasks:
             spec = LOCAL_TASKS.get(name)
             if spec is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from megatron_bliss.errors import InputError
 from megatron_bliss.models.presets import build_config, default_attention
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def build_training_model(
 
 def _check_init_vocab(model, vocab_size: int | None, source: str) -> None:
     if vocab_size is not None and model.config.vocab_size < vocab_size:
-        raise ValueError(
+        raise InputError(
             f"{source}: model vocabulary {model.config.vocab_size} is smaller than the "
             f"tokenizer's padded size {vocab_size}"
         )
@@ -100,7 +101,7 @@ def model_from_state_dict(model_config: dict[str, Any], state_dict: dict[str, to
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [key for key in missing if not key.endswith("inv_freq")]
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"checkpoint does not match its model config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.pipeline.stages import StageMarker
 from megatron_bliss.utils.io import atomic_write_text
 
@@ -133,7 +134,7 @@ def split_target_set(
     if marker.done():
         return TargetSplit(**marker.result())
     if not 0 < heldout_fraction < 1:
-        raise ValueError(f"target_heldout_fraction must be in (0, 1), got {heldout_fraction}")
+        raise ConfigError(f"target_heldout_fraction must be in (0, 1), got {heldout_fraction}")
     rows = [line for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line]
     seen = text_digests(pool_corpus) if pool_corpus else set()
     fresh = [row for row in rows if _digest(_row_text(row, path)) not in seen]
@@ -142,7 +143,7 @@ def split_target_set(
     order = np.random.default_rng(TARGET_SPLIT_SEED).permutation(len(fresh))
     held = round(heldout_fraction * len(fresh))
     if held < 1 or held >= len(fresh):
-        raise ValueError(
+        raise InputError(
             f"{path}: {len(fresh)} row(s) cannot be split {heldout_fraction:g} held out"
         )
     select, heldout = data_dir / "target_select.jsonl", data_dir / "target_heldout.jsonl"
@@ -162,7 +163,7 @@ def _row_text(row: str, path) -> str:
     """The text of one target-set row (``text``, or ``prompt`` + ``continuation``)."""
     record = json.loads(row)
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: a row is not a JSON object")
+        raise InputError(f"{path}: a row is not a JSON object")
     if isinstance(record.get("text"), str):
         return record["text"]
     return str(record.get("prompt", "")) + str(record.get("continuation", ""))
@@ -186,7 +187,7 @@ def _write_new_documents(inputs: list[str], seen: set[bytes], out: Path) -> Path
     kept = [text for text in corpus_texts(inputs) if _digest(text) not in seen]
     dropped = sum(1 for _ in corpus_texts(inputs)) - len(kept)
     if not kept:
-        raise ValueError(f"{', '.join(inputs)}: every document is also in the pool (none held out)")
+        raise InputError(f"{', '.join(inputs)}: every document is also in the pool (none held out)")
     if dropped:
         logger.info("%s: %d document(s) also in the pool left out", ", ".join(inputs), dropped)
     atomic_write_text(out, "".join(json.dumps({"text": text}) + "\n" for text in kept))

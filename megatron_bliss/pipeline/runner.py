@@ -34,6 +34,7 @@ import numpy as np
 from megatron_bliss.config import ConfigError, dump_yaml, merge
 from megatron_bliss.engine.checkpoint import has_step_folders
 from megatron_bliss.engine.config import PretrainConfig
+from megatron_bliss.errors import MissingFileError
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig
 from megatron_bliss.pipeline.preflight import preflight
@@ -271,7 +272,7 @@ class Pipeline:
         link = self.run_dir / "round_0"
         source = Path(self.config.reuse_warmup).resolve()
         if not (source / "stages").is_dir():
-            raise FileNotFoundError(f"{source}: reuse_warmup is not a finished warm-up round")
+            raise MissingFileError(f"{source}: reuse_warmup is not a finished warm-up round")
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(os.path.relpath(source, link.parent), target_is_directory=True)

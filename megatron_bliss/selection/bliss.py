@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_bliss.errors import ConfigError, MissingFileError
 from megatron_bliss.selection import hypergrad as hg
 from megatron_bliss.selection.base import EarlierRounds, Selector
 from megatron_bliss.selection.hypergrad import NORMALIZATIONS, normalize_dots
@@ -205,7 +206,7 @@ class BlissSelector(Selector):
         device = self.context.device
         if self.config.proxy_init == "target":
             if self.context.target_model is None:
-                raise ValueError("bliss.proxy_init 'target' needs a target model (--target-model)")
+                raise ConfigError("bliss.proxy_init 'target' needs a target model (--target-model)")
             proxy = copy.deepcopy(self.context.target_model)
             for parameter in proxy.parameters():
                 parameter.requires_grad_(True)
@@ -215,7 +216,7 @@ class BlissSelector(Selector):
 
             path = Path(self.config.proxy_init)
             if not (path / "config.json").exists():
-                raise FileNotFoundError(f"{path}/config.json: proxy_init is not a model directory")
+                raise MissingFileError(f"{path}/config.json: proxy_init is not a model directory")
             proxy = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
             return proxy.to(device)
         pool = self.context.pool
@@ -248,13 +249,13 @@ class BlissSelector(Selector):
     # ------------------------------------------------------------------------------- main loop
     def fit(self) -> None:
         if self.context.target_set is None:
-            raise ValueError("bliss needs a target set (--target-data)")
+            raise ConfigError("bliss needs a target set (--target-data)")
         if self.config.gamma > 0 and self.context.target_model is None:
-            raise ValueError("bliss with gamma > 0 needs a frozen target model (--target-model)")
+            raise ConfigError("bliss with gamma > 0 needs a frozen target model (--target-model)")
         world = hg.world_size()
         for name in ("batch_size", "target_batch_size"):
             if getattr(self.config, name) % world:
-                raise ValueError(f"bliss.{name} must be divisible by the {world} ranks")
+                raise ConfigError(f"bliss.{name} must be divisible by the {world} ranks")
         dtype = getattr(torch, self.config.dtype)
         if self.context.target_model is not None:
             self.context.target_model.to(dtype)

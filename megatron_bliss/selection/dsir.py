@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.selection.base import Selector
 
 logger = logging.getLogger(__name__)
@@ -35,13 +36,13 @@ class NgramHasher:
 
     def __init__(self, num_buckets: int, features: str, tokenizer=None):
         if features not in FEATURES:
-            raise ValueError(
+            raise ConfigError(
                 f"dsir features must be one of {', '.join(FEATURES)}, got '{features}'"
             )
         if features == "text" and tokenizer is None:
-            raise ValueError("dsir: features 'text' needs a tokenizer to decode the pool")
+            raise ConfigError("dsir: features 'text' needs a tokenizer to decode the pool")
         if not 1 < num_buckets < 2**31:
-            raise ValueError(f"dsir num_buckets must be in (1, 2^31), got {num_buckets}")
+            raise ConfigError(f"dsir num_buckets must be in (1, 2^31), got {num_buckets}")
         self.num_buckets = int(num_buckets)
         self.features = features
         self.tokenizer = tokenizer
@@ -138,7 +139,7 @@ class DsirSelector(Selector):
     def fit(self) -> None:
         """Fit the target and raw n-gram models (raw = the pool itself, as in DSIR)."""
         if self.context.target_set is None:
-            raise ValueError("dsir: needs a target set (--target-data)")
+            raise ConfigError("dsir: needs a target set (--target-data)")
         self._hasher = NgramHasher(
             self.config.num_buckets, self.config.features, self.context.tokenizer
         )

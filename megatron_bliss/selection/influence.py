@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from megatron_bliss.engine.checkpoint import resolve_checkpoint
 from megatron_bliss.engine.optimizer_state import ADAM_STATE_FILE
+from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 from megatron_bliss.selection.base import EarlierRounds, Selector
 from megatron_bliss.selection.influence_kernels import (
     BlockProjector,
@@ -55,7 +56,7 @@ def resolve_adam_state(location: str) -> Path:
     """The ``adam_state.pt`` that ``location`` names: the file itself, or the one in a checkpoint
     (a run dir or its ``checkpoints/``, read through ``latest``, or a step folder)."""
     if location == ADAM_STATE_AUTO:
-        raise ValueError(
+        raise ConfigError(
             "influence.adam_state=auto is filled in by the pipeline (the previous round's "
             "checkpoint); for select, give adam_state.pt or a checkpoint directory"
         )
@@ -63,11 +64,11 @@ def resolve_adam_state(location: str) -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise FileNotFoundError(f"{path}: adam_state file not found")
+        raise MissingFileError(f"{path}: adam_state file not found")
     checkpoint_dir, tag = resolve_checkpoint(path)
     found = checkpoint_dir / tag / ADAM_STATE_FILE
     if not found.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{found}: not found (train with checkpoint.adam_state_params=[down_proj] to write it)"
         )
     return found
@@ -82,9 +83,9 @@ def check_adam_state_covers(preconditioner: dict, modules, source: Path) -> None
                 continue
             key = f"{name}.{kind}"
             if key not in preconditioner:
-                raise ValueError(f"{source}: adam_state has no exp_avg_sq for {key}")
+                raise InputError(f"{source}: adam_state has no exp_avg_sq for {key}")
             if preconditioner[key].shape != parameter.shape:
-                raise ValueError(
+                raise InputError(
                     f"{source}: exp_avg_sq of {key} has shape {tuple(preconditioner[key].shape)}, "
                     f"the model's is {tuple(parameter.shape)}"
                 )
@@ -222,7 +223,7 @@ class InfluenceSelector(Selector):
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing = {"step", "beta1", "beta2", "eps", "exp_avg_sq"} - set(state)
         if missing:
-            raise ValueError(f"{path}: adam_state lacks {', '.join(sorted(missing))}")
+            raise InputError(f"{path}: adam_state lacks {', '.join(sorted(missing))}")
         return {
             name: adam_preconditioner(
                 v, int(state["step"]), state["beta1"], state["beta2"], state["eps"]
@@ -260,10 +261,10 @@ class InfluenceSelector(Selector):
         c, context = self.config, self.context
         model = require_target_model(context, self.name)
         if context.target_set is None:
-            raise ValueError("influence: needs a target set (--target-data)")
+            raise ConfigError("influence: needs a target set (--target-data)")
         pool = context.pool
         if len(pool) == 0:
-            raise ValueError(f"influence: pool {pool.prefix} has no sequences")
+            raise InputError(f"influence: pool {pool.prefix} has no sequences")
         was_training = model.training
         model.eval()
         embeddings = jvp_embeddings(

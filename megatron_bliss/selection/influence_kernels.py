@@ -28,6 +28,7 @@ from tqdm import tqdm
 from transformers import AutoModel
 
 from megatron_bliss.data.target_set import IGNORE_INDEX
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.models.parameter_subsets import matching_linear_modules
 
 PROJECTIONS = ("hadamard", "rademacher", "none")
@@ -56,7 +57,7 @@ class BlockProjector:
 
     def __init__(self, kind: str, dim: int, seed: int):
         if kind not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got '{kind}'")
+            raise ConfigError(f"projection must be one of {', '.join(PROJECTIONS)}, got '{kind}'")
         self.kind, self.dim, self.seed = kind, int(dim), int(seed)
 
     def _generator(self, block: int, device: torch.device) -> torch.Generator:
@@ -127,7 +128,9 @@ def subset_modules(model: torch.nn.Module, subset: str) -> list[tuple[str, torch
     """The linear layers whose per-sample gradients are taken, in model order."""
     found = matching_linear_modules(model, subset)
     if not found:
-        raise ValueError(f"influence: no linear layer of the model matches param_subset '{subset}'")
+        raise ConfigError(
+            f"influence: no linear layer of the model matches param_subset '{subset}'"
+        )
     return found
 
 

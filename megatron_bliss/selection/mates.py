@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.data.target_set import TargetSet
+from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.models.presets import build_config, get_preset
 from megatron_bliss.selection.base import Selector
 from megatron_bliss.selection.perplexity import (
@@ -218,7 +219,7 @@ class MatesSelector(Selector):
         """Target-set loss after one AdamW step on each ``probe_pool[i]``, float64."""
         context, model = self.context, require_target_model(self.context, self.name)
         if context.target_set is None:
-            raise ValueError("mates: needs a target set (--target-data)")
+            raise ConfigError("mates: needs a target set (--target-data)")
         rng = np.random.default_rng(context.seed)
         num_target = min(self.config.target_examples, len(context.target_set))
         target_indices = np.sort(rng.choice(len(context.target_set), num_target, replace=False))
@@ -308,7 +309,7 @@ class MatesSelector(Selector):
         pool = self.probe_pool
         num_probes = min(self.config.num_probes, len(pool))
         if num_probes < 2:
-            raise ValueError(
+            raise InputError(
                 f"mates: needs at least 2 probes, {self.config.probe_prefix or 'the pool'} has "
                 f"{len(pool)} sequences"
             )

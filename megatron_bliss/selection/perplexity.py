@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.kernels import sequence_cross_entropy
 from megatron_bliss.selection.base import Selector
 
@@ -29,7 +30,7 @@ BANDS = ("low", "middle")
 def require_target_model(context, method: str) -> torch.nn.Module:
     """The frozen target model of ``context``, or a one-line error naming the method."""
     if context.target_model is None:
-        raise ValueError(f"{method}: needs a target model (--target-model or a config warm-up)")
+        raise ConfigError(f"{method}: needs a target model (--target-model or a config warm-up)")
     return context.target_model
 
 
@@ -76,7 +77,7 @@ def loss_to_score(losses: np.ndarray, band: str) -> np.ndarray:
         return (-losses).astype(np.float32)
     if band == "middle":
         return (-np.abs(losses - np.median(losses))).astype(np.float32)
-    raise ValueError(f"perplexity band must be one of {', '.join(BANDS)}, got '{band}'")
+    raise ConfigError(f"perplexity band must be one of {', '.join(BANDS)}, got '{band}'")
 
 
 class PerplexitySelector(Selector):
@@ -94,7 +95,7 @@ class PerplexitySelector(Selector):
 
     def score(self) -> np.ndarray:
         if self.config.band not in BANDS:
-            raise ValueError(f"perplexity band must be one of {', '.join(BANDS)}")
+            raise ConfigError(f"perplexity band must be one of {', '.join(BANDS)}")
         model = require_target_model(self.context, self.name)
         pool = self.context.pool
         losses = pool_losses(model, pool, self.context.device, self.config.batch_size)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.data.target_set import IGNORE_INDEX
+from megatron_bliss.errors import ConfigError, MissingFileError
 from megatron_bliss.models.presets import build_model, get_preset
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def resolve_proxy_preset(preset: str, target_family: str) -> str:
     if preset == "auto":
         return AUTO_PROXY[target_family]
     if get_preset(preset).family != target_family:
-        raise ValueError(
+        raise ConfigError(
             f"proxy preset '{preset}' is {get_preset(preset).family}-shaped but the target is "
             f"{target_family}: pick a {target_family} preset"
         )
@@ -162,7 +163,7 @@ def load_target_model(path: str | Path, device: torch.device) -> torch.nn.Module
     """A frozen target: a Hugging Face directory, or a DeepSpeed checkpoint via the exporter."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: target model not found")
+        raise MissingFileError(f"{path}: target model not found")
     if (path / "config.json").exists():
         from transformers import AutoModelForCausalLM
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.selection.base import Selector
 from megatron_bliss.selection.perplexity import pool_losses, require_target_model
 from megatron_bliss.selection.proxy import cosine_with_warmup, target_loss_sum
@@ -52,7 +53,7 @@ class ReducibleSelector(Selector):
     def fit(self) -> None:
         target = require_target_model(self.context, self.name)
         if self.context.target_set is None:
-            raise ValueError("reducible: needs a target set (--target-data)")
+            raise ConfigError("reducible: needs a target set (--target-data)")
         self.reference = self._fine_tune(copy.deepcopy(target))
 
     def _fine_tune(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -13,21 +13,22 @@ from typing import Any
 
 import numpy as np
 
+from megatron_bliss.errors import ConfigError
 from megatron_bliss.utils.io import atomic_save_npy, atomic_write_json
 
 
 def check_selection_settings(fraction: float, gumbel_temperature: float = 0.0) -> None:
     """Reject a fraction or temperature the rule cannot use, before any work is spent."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
     if not gumbel_temperature >= 0.0:  # also rejects NaN
-        raise ValueError(f"gumbel_temperature must be >= 0, got {gumbel_temperature}")
+        raise ConfigError(f"gumbel_temperature must be >= 0, got {gumbel_temperature}")
 
 
 def check_keeps_some(fraction: float, num_sequences: int) -> None:
     """An empty selection trains on nothing: refuse a fraction that keeps no sequence."""
     if num_sequences and math.floor(fraction * num_sequences) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"fraction {fraction} of {num_sequences} sequences keeps none "
             f"(floor({fraction} x {num_sequences}) = 0); use at least {1 / num_sequences:.3g}"
         )

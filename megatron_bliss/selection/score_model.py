@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from megatron_bliss.errors import InputError, MissingFileError
+
 FORMAT = "megatron-bliss-score-model/1"
 
 
@@ -97,12 +99,12 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     meta_path = directory / "score_model.json"
     if not meta_path.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{meta_path}: not a score model directory (score_model.json missing)"
         )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+        raise InputError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
     return meta
 
 
@@ -117,7 +119,7 @@ def load_score_model(directory: str | Path, device: torch.device | str = "cpu") 
     state = load_file(str(directory / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"{directory}/model.safetensors: weights do not match the config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )

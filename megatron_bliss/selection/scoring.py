@@ -31,6 +31,7 @@ import torch
 
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.engine import distributed as distributed
+from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.utils.device import resolve_device
 from megatron_bliss.utils.dirs import check_dir_creatable, ensure_dir
 from megatron_bliss.utils.io import atomic_save_npy, atomic_write_json
@@ -62,7 +63,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     ``bf16``/``fp32`` are accepted too)."""
     precision = {"bf16": "bfloat16", "fp32": "float32"}.get(precision, precision)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     return "bfloat16" if device.type == "cuda" or cpu_has_bf16() else "float32"
@@ -135,7 +136,7 @@ def _check_or_write_meta(parts: Path, meta: dict, rank: int) -> None:
     if meta_path.exists():
         previous = json.loads(meta_path.read_text())
         if previous != meta:
-            raise ValueError(
+            raise InputError(
                 f"{parts}: left by a run with other settings ({previous}); delete it to start over"
             )
     elif rank == 0:
@@ -146,7 +147,7 @@ def check_positive(**values: int | None) -> None:
     """Sizes that must be at least 1 (None: use the default), checked before any file is made."""
     for name, value in values.items():
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def check_ids_fit_scorer(pool: SequencePool, scorer: Path) -> None:
@@ -158,7 +159,7 @@ def check_ids_fit_scorer(pool: SequencePool, scorer: Path) -> None:
         return  # load_score_model reports a broken scorer
     largest = pool.max_token_id()
     if largest >= vocab_size:
-        raise ValueError(
+        raise InputError(
             f"{pool.prefix}: holds token id {largest}, beyond the {vocab_size}-token vocabulary "
             f"of the scorer {scorer} (the shard was made with another tokenizer)"
         )
@@ -241,7 +242,7 @@ def check_out_file(out: Path) -> None:
     """``--out`` names the scores file; a directory there would fail only after all the
     scoring, when the merged scores are written."""
     if out.is_dir():
-        raise ValueError(
+        raise ConfigError(
             f"{out}: --out is a directory; name the scores file, e.g. {out}/scores.npy"
         )
 

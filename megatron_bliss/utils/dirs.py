@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_bliss.errors import ConfigError
+
 
 def check_dir_creatable(path: str | Path, what: str = "output folder") -> Path:
     """``path`` as a Path, after checking that it or its nearest existing ancestor is a folder."""
@@ -16,7 +18,7 @@ def check_dir_creatable(path: str | Path, what: str = "output folder") -> Path:
         if candidate.exists():
             if not candidate.is_dir():
                 where = "is a file" if candidate == path else f"is under the file {candidate}"
-                raise ValueError(f"{path}: {what} {where}")
+                raise ConfigError(f"{path}: {what} {where}")
             break
     return path
 
