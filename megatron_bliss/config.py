@@ -146,8 +146,11 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, or from the shipped file of that name (``configs/...``)."""
+    from megatron_bliss.utils.paths import resolve_shipped
+
     try:
-        with open(path) as handle:
+        with open(resolve_shipped(path)) as handle:
             data = yaml.safe_load(handle) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None

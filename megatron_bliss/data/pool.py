@@ -1,7 +1,7 @@
 """The sequence pool: a finished shard viewed as fixed-length sequences.
 
 This is the unit that selection scores and keeps, and that training draws from, so a
-``selection.npy`` means the same thing everywhere (CONTRACT.md, "Sequence pool"):
+``selection.npy`` means the same thing everywhere (docs/formats.md, "The sequence view of a dataset"):
 sequence ``i`` holds tokens ``[i*L, (i+1)*L + 1)`` of the shard's documents concatenated in order
 (the extra token is the last label); a trailing partial sequence is dropped.
 """

@@ -1,6 +1,6 @@
 """The target set: held-out text whose loss a selector tries to lower (LAMBADA, clean C4, ...).
 
-Three JSON-lines formats (CONTRACT.md, ``select --target-format``):
+Three JSON-lines formats (docs/formats.md, "Inputs"):
 
 - ``documents``: field ``text``; every token is scored (language-modelling loss).
 - ``last_word``: field ``text``; only the final whitespace-separated word is scored (LAMBADA).

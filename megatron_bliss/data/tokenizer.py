@@ -1,4 +1,4 @@
-"""Tokenizer loading for the whole project, and the end-of-document / dtype rules of CONTRACT.md.
+"""Tokenizer loading for the whole project, and the end-of-document / dtype rules of docs/formats.md.
 
 ``load_tokenizer`` turns any accepted spec into a Hugging Face tokenizer: a tokenizer directory or
 hub name, a ``tokenizers``-format ``*.json`` file, a sentencepiece ``*.model`` file (loaded as a
@@ -19,7 +19,7 @@ import numpy as np
 from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 
 EOD_CANDIDATES = ("<|endoftext|>", "</s>")
-UINT16_LIMIT = 65500  # CONTRACT.md: uint16 tokens when len(tokenizer) < 65500
+UINT16_LIMIT = 65500  # docs/formats.md: uint16 tokens when len(tokenizer) < 65500
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def load_tokenizer(spec: str | TokenizerSpec):
 
 
 def resolve_eod_id(tokenizer, override: str | int | None = None) -> int:
-    """CONTRACT.md: eos token, else ``<|endoftext|>``, else ``</s>``, else error; override wins."""
+    """docs/formats.md: eos token, else ``<|endoftext|>``, else ``</s>``, else error; override wins."""
     vocab = tokenizer.get_vocab()
     if override is not None:
         if isinstance(override, int) or str(override).isdigit():

@@ -1,6 +1,6 @@
 """The training dataset: shuffled, seeded, blended draws of sequence-pool sequences.
 
-Each sample is one sequence of a source's ``SequencePool`` (CONTRACT.md, "Sequence pool"), so a
+Each sample is one sequence of a source's ``SequencePool`` (docs/formats.md, "The sequence view of a dataset"), so a
 ``selection.npy`` restricts training to exactly the sequences selection kept. megatron-core's
 ``GPTDataset`` shuffles documents before cutting samples, which would break that meaning, so only
 its blending helper is reused here.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_bliss.config import ConfigError, load_config
-from megatron_bliss.utils.paths import REPO_ROOT
+from megatron_bliss.utils.paths import resolve_shipped
 
 
 @dataclass
@@ -192,17 +192,9 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     return config
 
 
-def resolve_path(path: str) -> Path:
-    """A path as given, else relative to the repository root (for shipped ds_configs/)."""
-    candidate = Path(path)
-    if candidate.exists() or candidate.is_absolute():
-        return candidate
-    in_repo = REPO_ROOT / path
-    return in_repo if in_repo.exists() else candidate
-
-
 def read_ds_json(section: DeepSpeedSection) -> dict[str, Any]:
-    path = resolve_path(section.config)
+    """The DeepSpeed JSON ``deepspeed.config``: a path, or a shipped ``ds_configs/NAME.json``."""
+    path = resolve_shipped(section.config)
     if not path.exists():
         raise ConfigError(f"deepspeed.config: {section.config}: file not found")
     try:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from megatron_bliss import exit_codes
-from megatron_bliss.utils.paths import REPO_ROOT, shared_data_dir
+from megatron_bliss.utils.paths import shared_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _rank() -> int:
 def _run_tool(arguments: list[str]) -> None:
     command = [sys.executable, "-m", "megatron_bliss.cli", *arguments]
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1"}
-    completed = subprocess.run(command, env=env, cwd=REPO_ROOT)
+    completed = subprocess.run(command, env=env)
     if completed.returncode != 0:
         raise RuntimeError(
             f"{' '.join(arguments[:1])} failed with exit code {completed.returncode}"
@@ -93,7 +93,6 @@ def launch(config_path: str, tiny_data: bool = False) -> int:
     from megatron_bliss.utils.logging import setup_logging
 
     setup_logging()
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     overrides = [
         arg for arg in sys.argv[1:] if not arg.startswith(("--local_rank", "--local-rank"))
     ]
@@ -110,7 +109,7 @@ def launch(config_path: str, tiny_data: bool = False) -> int:
     if os.environ.get("TOKENIZER"):
         overrides.append(f"data.tokenizer={os.environ['TOKENIZER']}")
     overrides += shlex.split(os.environ.get("EXTRA", ""))
-    return _train_and_export(str(REPO_ROOT / config_path), overrides)
+    return _train_and_export(config_path, overrides)  # a path, or a shipped configs/ file
 
 
 def _train_and_export(config_path: str, overrides: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 ``evaluate_model`` is what the ``eval`` command and the pipeline call: it builds lm-eval tasks
 (local files through the shipped YAMLs, otherwise lm-eval's hub definitions), runs
-``simple_evaluate`` on an ``HFLM`` and writes ``eval.json`` in the shape of CONTRACT.md.
+``simple_evaluate`` on an ``HFLM`` and writes ``eval.json`` in the shape docs/formats.md gives.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def parse_task_list(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
 def default_output_path(model_dir: str | Path) -> Path:
     """``RUN_DIR/eval.json`` when the model sits inside a run directory, else ``MODEL_DIR/eval.json``.
 
-    A run directory is recognised by its ``metrics.jsonl`` (CONTRACT.md), e.g. a model exported to
+    A run directory is recognised by its ``metrics.jsonl`` (docs/formats.md), e.g. a model exported to
     ``round_1/hf`` is evaluated into ``round_1/eval.json``.
     """
     model_dir = Path(model_dir)

@@ -1,6 +1,6 @@
 """``megatron-bliss report RUN_DIR [RUN_DIR ...]``: a markdown report with PNG plots.
 
-For pipeline run directories (CONTRACT.md) of one or more selection methods it shows loss vs
+For pipeline run directories (docs/formats.md) of one or more selection methods it shows loss vs
 tokens, zero-shot accuracy per round, the tokens/FLOPs each method needs to reach random
 selection's accuracy, the score distribution per round with the highest- and lowest-scored
 sequences, and a 13-gram contamination check. Plain ``pretrain`` run directories get the loss
@@ -47,7 +47,9 @@ LAMBADA = "lambada_openai"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="pipeline run directories")
     parser.add_argument(
-        "--output", default=None, help="folder for report.md and plots/ (default: see CONTRACT.md)"
+        "--output",
+        default=None,
+        help="folder for report.md and plots/ (default: the run directory, or the runs' common parent)",
     )
     parser.add_argument("--baseline", default="random", help="method the speedups are against")
     parser.add_argument("--top-k", type=int, default=5, help="highest/lowest sequences shown")

@@ -1,4 +1,4 @@
-"""Read a pipeline run directory (CONTRACT.md, "Pipeline run directory") for the report; a single
+"""Read a pipeline run directory (docs/formats.md, "A pipeline run") for the report; a single
 ``pretrain`` run directory reads as a run of one round without selection.
 
 Every piece is optional here: a missing or unreadable file is recorded as a note that the report

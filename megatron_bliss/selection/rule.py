@@ -1,4 +1,4 @@
-"""The selection rule shared by every method (CONTRACT.md, "Selection rule").
+"""The selection rule shared by every method (docs/formats.md, "Scores and selections").
 
 ``k = floor(fraction * N)``; keep the k highest scores in a stable descending order (ties go to the
 lower index); with a Gumbel temperature ``T > 0``, add ``T * Gumbel`` noise drawn from ``seed``

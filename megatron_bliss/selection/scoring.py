@@ -248,7 +248,7 @@ def check_out_file(out: Path) -> None:
 
 
 def selection_name(out: Path) -> str:
-    """``selection.npy`` beside ``scores.npy`` (CONTRACT.md), ``NAME.selection.npy`` beside any
+    """``selection.npy`` beside ``scores.npy`` (docs/formats.md), ``NAME.selection.npy`` beside any
     other ``NAME.npy``: two runs scoring into one folder keep both selections."""
     return "selection.npy" if out.name == "scores.npy" else f"{out.stem}.selection.npy"
 

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from megatron_bliss.engine.config import load_pretrain_config, resolve_path
-from megatron_bliss.utils.paths import REPO_ROOT
+from megatron_bliss.engine.config import load_pretrain_config
+from megatron_bliss.utils.paths import REPO_ROOT, resolve_shipped
 
 SCRIPTS = ["410m", "1b", "2p8b", "llama_0p5b", "tiny_cpu"]
 
@@ -23,8 +23,8 @@ def test_launch_script_is_python_and_its_config_loads(name):
     ast.parse(text)  # what the deepspeed launcher / torchrun execute on every rank
     assert text.startswith('#!/usr/bin/env bash\n""":"\n') and os.access(script, os.X_OK)
     config_path = re.search(r'launch\("([^"]+)"', text).group(1)
-    config = load_pretrain_config(REPO_ROOT / config_path)
-    assert resolve_path(config.deepspeed.config).exists()
+    config = load_pretrain_config(config_path)  # the shipped config, from any directory
+    assert resolve_shipped(config.deepspeed.config).exists()
     assert config.train.global_batch_size == (16 if name == "tiny_cpu" else 512)
 
 
