@@ -8,7 +8,7 @@ import pytest
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.data.target_set import TargetSet, encode_example
 from megatron_bliss.selection.base import SelectionContext
-from megatron_bliss.selection.dsir import DsirSelector, NgramHasher, log_probabilities
+from megatron_bliss.selection.dsir import DsirSelector, NgramHasher
 from tests.conftest import build_shard
 
 SEQ = 32
@@ -54,17 +54,37 @@ def test_dsir_is_deterministic(planted, tokenizer, tmp_path):
     np.testing.assert_allclose(first, second, rtol=1e-6)
 
 
-def test_dsir_score_is_count_weighted_log_ratio(tokenizer):
+def test_hashed_features_are_unigrams_and_bigrams():
     hasher = NgramHasher(50, "tokens")
     doc = np.array([5, 9, 5, 9, 7])
     buckets = hasher.batch_buckets([doc])[0]
     assert len(buckets) == 2 * len(doc) - 1  # five unigrams, four bigrams
-    target = log_probabilities(np.bincount(buckets, minlength=50), 1.0)
-    raw = log_probabilities(np.ones(50), 1.0)
-    expected = sum(target[b] - raw[b] for b in buckets)
-    assert np.isclose((target - raw)[buckets].sum(), expected)
-    # repeated bigram (5, 9) hashes to one bucket twice
-    assert np.bincount(buckets).max() >= 2
+    assert buckets[0] == buckets[2] and buckets[5] == buckets[7]  # unigram 5, bigram (5, 9)
+    assert buckets[5] != buckets[6]  # bigrams (5, 9) and (9, 5) differ
+
+
+def test_dsir_scores_are_the_log_ratio_of_target_and_raw_ngram_models(planted, tokenizer, tmp_path):
+    """Score of a pool sequence = sum over its hashed n-grams of log p_target - log p_raw, the two
+    add-k smoothed bag-of-n-grams models fitted on the target set and on the pool itself."""
+    pool, target = planted
+    buckets, k = 97, 0.5
+    selector = make_selector(
+        planted, tokenizer, tmp_path, features="tokens", num_buckets=buckets, pseudo_count=k
+    )
+    scores = selector.score()
+    hasher = NgramHasher(buckets, "tokens")
+
+    def log_model(documents):
+        counts = np.zeros(buckets)
+        for document in documents:
+            np.add.at(counts, hasher.batch_buckets([np.asarray(document)])[0], 1)
+        return np.log((counts + k) / (counts.sum() + k * buckets))
+
+    sequences = [pool[i][:SEQ] for i in range(len(pool))]
+    ratio = log_model([example.input_ids for example in target.examples]) - log_model(sequences)
+    expected = [ratio[hasher.batch_buckets([s])[0]].sum() for s in sequences]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4)
+    assert np.ptp(scores) > 1.0  # the sequences differ: a constant score would pass nothing
 
 
 def test_dsir_needs_target_set(planted, tokenizer, tmp_path):
