@@ -19,6 +19,14 @@ import numpy as np
 from megatron_bliss.errors import ConfigError, InputError, MissingFileError
 
 EOD_CANDIDATES = ("<|endoftext|>", "</s>")
+# Files that make a folder a tokenizer (a saved Hugging Face tokenizer, or a sentencepiece model).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def holds_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
 UINT16_LIMIT = 65500  # docs/formats.md: uint16 tokens when len(tokenizer) < 65500
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from megatron_bliss.data.readers import expand_inputs, iter_batches
 from megatron_bliss.data.tokenize_files import batch_records
+from megatron_bliss.data.tokenizer import holds_tokenizer
 from megatron_bliss.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ logger = logging.getLogger(__name__)
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|padding|>"
 MAX_SENTENCE_BYTES = 1 << 16  # sentencepiece's default, 4192, drops long lines unannounced
 BPE_MIN_VOCAB = 256 + 2  # the byte alphabet and the two special tokens
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -120,8 +120,7 @@ def check_output_dir(output: Path) -> None:
     """New, empty, or an earlier tokenizer (replaced); a file or other folder is refused."""
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output}: --output exists and is not a directory")
-    holds_tokenizer = any((output / name).exists() for name in TOKENIZER_FILES)
-    if output.is_dir() and any(output.iterdir()) and not holds_tokenizer:
+    if output.is_dir() and any(output.iterdir()) and not holds_tokenizer(output):
         raise ConfigError(
             f"{output}: --output is a non-empty directory that holds no tokenizer; "
             "refusing to replace it"

@@ -25,7 +25,11 @@ import torch
 import torch.distributed as dist
 
 from megatron_bliss.errors import InputError
-from megatron_bliss.utils.device import local_rank
+from megatron_bliss.utils.launcher_env import (
+    export_slurm_variables,
+    launched_world_size,
+    local_rank,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +48,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _from_slurm() -> None:
-    """Map SLURM's per-task variables onto torch's when launched by ``srun`` directly."""
-    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
-        return
-    if "SLURM_NTASKS" not in os.environ:
-        return
-    os.environ["RANK"] = os.environ["SLURM_PROCID"]
-    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-    if "MASTER_ADDR" not in os.environ:
-        nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
-        first = nodes.split(",")[0]
-        if "[" in first:  # node[01-04] -> node01
-            base, rest = first.split("[", 1)
-            first = base + rest.split("-")[0].split(",")[0].rstrip("]")
-        os.environ["MASTER_ADDR"] = first or "127.0.0.1"
-    os.environ.setdefault("MASTER_PORT", "29500")
 
 
 @dataclass
@@ -126,12 +111,6 @@ def rank0_failure_note(failed: Path, context: DistributedContext) -> Iterator[No
         raise
 
 
-def launched_world_size() -> int:
-    """The number of processes a launcher started (torchrun, deepspeed, srun), 1 for plain python."""
-    _from_slurm()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def join_launched_group(device_type: str) -> DistributedContext | None:
     """Under a launcher, join the process group exactly as ``pretrain`` does (SLURM variables,
     timeout, backend); a plain single process stays without one (no DeepSpeed import)."""
@@ -146,7 +125,7 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
 
     context = DistributedContext()
     if not dist.is_initialized():
-        _from_slurm()
+        export_slurm_variables()
         defaults = {
             "RANK": "0",
             "LOCAL_RANK": "0",

@@ -22,16 +22,13 @@ import time
 from pathlib import Path
 
 from megatron_bliss import exit_codes
+from megatron_bliss.utils.launcher_env import launched_rank
 from megatron_bliss.utils.paths import shared_data_dir
 
 logger = logging.getLogger(__name__)
 
 C4_SAMPLE = "c4/c4-en-train.00000-of-01024.first1000.jsonl"
 C4_VALID = "c4/c4-en-demo.300docs.jsonl"
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def _run_tool(arguments: list[str]) -> None:
@@ -52,7 +49,7 @@ def prepare_tiny_data(data_dir: Path, timeout_s: float = 900.0) -> tuple[str, st
     """
     prefix, tokenizer = data_dir / "tiny_text_document", data_dir / "tokenizer"
     ready = data_dir / "READY"
-    if _rank() == 0 and not ready.exists():
+    if launched_rank() == 0 and not ready.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         train_corpus, valid_corpus = _tiny_corpora(data_dir)
         _run_tool(["train-tokenizer", "--input", str(train_corpus), "--vocab-size", "2048",
@@ -124,9 +121,11 @@ def _train_and_export(config_path: str, overrides: list[str]) -> int:
         config = load_pretrain_config(config_path, overrides)
         summary = pretrain(config)
         if summary["interrupted"]:  # not finished: no export; the rerun continues
-            if _rank() == 0:
+            if launched_rank() == 0:
                 report(summary)
-        elif _rank() == 0 and os.environ.get("EXPORT", "1") == "1" and summary["checkpoint"]:
+        elif (
+            launched_rank() == 0 and os.environ.get("EXPORT", "1") == "1" and summary["checkpoint"]
+        ):
             from megatron_bliss.engine.export import export_hf
 
             output = export_hf(summary["checkpoint"], Path(summary["run_dir"]) / "hf")

@@ -45,13 +45,12 @@ def not_a_model_reason(path: Path) -> str:
     return "not a Hugging Face model directory (no config.json)"
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def require_tokenizer_files(model_dir: Path) -> None:
     """lm-eval loads the tokenizer from the model directory and, without one, dies in an
     ``AssertionError`` of its own: say what is missing and how to add it instead."""
-    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+    from megatron_bliss.data.tokenizer import TOKENIZER_FILES, holds_tokenizer
+
+    if not holds_tokenizer(model_dir):
         raise MissingFileError(
             f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); export with "
             "megatron-bliss export-hf --tokenizer TOK, or save the tokenizer into the directory"

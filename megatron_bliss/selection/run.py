@@ -32,15 +32,13 @@ from megatron_bliss.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
 
 def tokenizer_of_target(target_model: Path):
     """The tokenizer saved with a --target-model: in a Hugging Face directory, or the run's copy
     for a DeepSpeed checkpoint; None when there is none."""
-    from megatron_bliss.data.tokenizer import load_tokenizer
+    from megatron_bliss.data.tokenizer import holds_tokenizer, load_tokenizer
 
-    if any((target_model / name).exists() for name in TOKENIZER_FILES):
+    if holds_tokenizer(target_model):
         return load_tokenizer(str(target_model))
     from megatron_bliss.engine.export import checkpoint_tokenizer
 

@@ -7,11 +7,10 @@ instead of failing minutes later inside the first kernel.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from megatron_bliss.errors import ConfigError
+from megatron_bliss.utils.launcher_env import local_rank
 
 
 def resolve_device(name: str | torch.device | None = "auto", key: str = "device") -> torch.device:
@@ -29,8 +28,3 @@ def resolve_device(name: str | torch.device | None = "auto", key: str = "device"
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", local_rank())
     return device
-
-
-def local_rank() -> int:
-    """This process's index on its node, as the launchers set it (0 for plain python)."""
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
+
+from megatron_bliss.utils.launcher_env import launched_rank, launched_world_size
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    rank = launched_rank()
+    prefix = f"[rank {rank}] " if launched_world_size() > 1 else ""
     logging.basicConfig(
         level=level if rank == 0 else logging.WARNING,
         format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
