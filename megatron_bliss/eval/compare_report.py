@@ -177,13 +177,14 @@ def sequences_section(root: Path, result: dict, top_k: int = 5, max_chars: int =
     """The highest- and lowest-scored sequences of seed 0 for each method that learns a ranking."""
     from megatron_bliss.eval.report import PoolReader, _extremes_table, load_tokenizer
     from megatron_bliss.eval.run_data import load_run
+    from megatron_bliss.selection.registry import ranks_by_content
 
     lines = ["## Highest- and lowest-scored sequences (seed 0)", ""]
     reader = PoolReader()
     for method in result["methods"]:
-        if method == "random":
-            continue
         run = load_run(root / "seed_0" / method)
+        if not ranks_by_content(run.method):
+            continue
         tokenizer = load_tokenizer(run)
         lines += [f"### {method}", ""]
         for r in run.rounds[1:]:

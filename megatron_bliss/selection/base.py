@@ -78,6 +78,9 @@ class Selector(ABC):
     ``--target-model`` nor warms up a stand-in for them."""
     needs_target_set: bool = True
     """False for methods that score without a target set (checked before any training)."""
+    ranks_by_content: bool = True
+    """False when the scores say nothing about the sequences (random): reports show no highest-
+    and lowest-scored sequences for the method."""
     shared_outputs: tuple[str, ...] = ()
     """Folders that ``fit`` writes under the run directory for later rounds to reuse: a pipeline
     keeps the first round's copy in its own run directory."""

@@ -13,6 +13,7 @@ class RandomSelector(Selector):
     name = "random"
     uses_target_model = False
     needs_target_set = False
+    ranks_by_content = False
 
     @dataclass
     class Config:

@@ -22,6 +22,13 @@ SELECTORS: dict[str, str] = {
 }
 
 
+def ranks_by_content(method: str) -> bool:
+    """Whether ``method``'s scores rank sequences by what they hold (unknown methods: yes)."""
+    if method not in SELECTORS:
+        return True
+    return get_selector_class(method).ranks_by_content
+
+
 def get_selector_class(method: str):
     """The ``Selector`` subclass registered as ``method`` (``module:Class``, imported now)."""
     if method not in SELECTORS:
