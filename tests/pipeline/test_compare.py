@@ -66,6 +66,7 @@ def test_summary_and_report(compared):
     assert saved["summary"].keys() == {"random", "dsir"}
     report = (root / "report.md").read_text()
     assert "| **dsir** |" in report and "Outcome." in report
+    assert "### dsir" in report and "### random" not in report  # random's scores rank nothing
     assert (root / "plots" / "compare_losses.png").is_file()
 
 
