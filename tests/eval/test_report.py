@@ -158,3 +158,25 @@ def test_report_on_a_pretrain_run_directory(tmp_path, capsys):
     assert "Selection scores" not in report
     for link in _links(report):
         assert (run_dir / link).is_file(), link
+
+
+def test_report_decodes_with_any_tokenizer_the_project_loads(tmp_path, corpus_texts):
+    """A LLaMA run names a sentencepiece ``.model``: the report loads it like every command."""
+    import sentencepiece
+
+    from megatron_bliss.eval.report import load_tokenizer
+    from megatron_bliss.eval.run_data import RunData
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(corpus_texts[:80]))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=300, model_type="bpe",
+        minloglevel=2,
+    )  # fmt: skip
+    run = RunData(tmp_path, "run", "bliss", {"tokenizer": str(tmp_path / "sp.model")}, [])
+    tokenizer = load_tokenizer(run)
+    assert tokenizer is not None and run.notes == []
+    ids = tokenizer.encode("the report decodes", add_special_tokens=False)
+    assert tokenizer.decode(ids) == "the report decodes"
+    broken = RunData(tmp_path, "run", "bliss", {"tokenizer": str(tmp_path / "none.json")}, [])
+    assert load_tokenizer(broken) is None and "could not be loaded" in broken.notes[0]
