@@ -35,9 +35,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_bliss.engine.distributed import rank, world_size
-
-__all__ = ["rank", "world_size"]  # hg.rank() / hg.world_size(): the process group's own helpers
+from megatron_bliss.engine.distributed import rank, world_size  # also hg.rank(), hg.world_size()
 
 Tensors = list[torch.Tensor]
 
