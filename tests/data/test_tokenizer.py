@@ -1,4 +1,4 @@
-"""load_tokenizer for every accepted spec, the eod rules and the dtype rule of CONTRACT.md."""
+"""load_tokenizer for every accepted spec, the eod rules and the dtype rule of docs/formats.md."""
 
 import json
 from pathlib import Path

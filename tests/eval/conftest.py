@@ -231,7 +231,7 @@ def _round_eval(round_index: int, quality: float, task_files: dict[str, str]) ->
 def make_pipeline_run(
     root: Path, method: str, quality: float, shard: str, tokenizer_dir, target_path, task_files
 ):
-    """A pipeline run directory as CONTRACT.md describes it: warm-up round plus two rounds."""
+    """A pipeline run directory as docs/formats.md describes it: warm-up round plus two rounds."""
     import numpy as np
 
     from megatron_bliss.data.pool import SequencePool
