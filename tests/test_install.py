@@ -5,7 +5,6 @@ configs it ships (package data), not with files of the checkout."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import sys
 import pytest
 
 from megatron_bliss.utils.paths import REPO_ROOT
+from tests.child_env import child_env
 
 PROJECT_FILES = ("pyproject.toml", "README.md", "megatron_bliss", "configs", "ds_configs")
 
@@ -37,8 +37,7 @@ def installed(tmp_path_factory):
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     shutil.rmtree(source)  # nothing of the tree is left to fall back on
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=str(target), MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+    env = child_env(PYTHONPATH=str(target))
     elsewhere = root / "elsewhere"
     elsewhere.mkdir()
     return target, env, elsewhere

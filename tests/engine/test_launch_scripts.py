@@ -11,7 +11,9 @@ import re
 import pytest
 
 from megatron_bliss.engine.config import load_pretrain_config
+from megatron_bliss.engine.distributed import free_port
 from megatron_bliss.utils.paths import REPO_ROOT, resolve_shipped
+from tests.child_env import child_env
 
 SCRIPTS = ["410m", "1b", "2p8b", "llama_0p5b", "tiny_cpu"]
 
@@ -35,13 +37,12 @@ def test_tiny_cpu_script_trains_resumes_and_exports_with_two_ranks(tmp_path):
     import subprocess
 
     def run(steps: int) -> None:
-        env = {
-            **os.environ,
-            "RUN_DIR": str(tmp_path / "run"),
-            "MASTER_PORT": str(29600 + steps),
-            "EXTRA": f"train.train_steps={steps} checkpoint.save_interval=2 "
+        env = child_env(
+            RUN_DIR=str(tmp_path / "run"),
+            MASTER_PORT=str(free_port()),
+            EXTRA=f"train.train_steps={steps} checkpoint.save_interval=2 "
             "data.seq_length=32 logging.eval_interval=0 logging.progress_bar=false",
-        }
+        )
         script = REPO_ROOT / "launch_scripts" / "pretrain_tiny_cpu.sh"
         subprocess.run(["bash", str(script)], env=env, check=True, timeout=600)
 

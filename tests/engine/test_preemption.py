@@ -4,7 +4,6 @@ continues from that checkpoint, also after ``latest`` was lost, without overwrit
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,14 +12,8 @@ import time
 from megatron_bliss import exit_codes
 from megatron_bliss.engine.trainer import pretrain
 from megatron_bliss.utils.paths import REPO_ROOT
+from tests.child_env import child_env
 from tests.engine.conftest import tiny_overrides
-
-
-def clean_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
 
 
 def wait_for_steps(metrics, steps: int, process, timeout: float = 240.0) -> None:
@@ -48,7 +41,7 @@ def test_sigterm_exits_75_and_a_rerun_resumes_without_latest(
     overrides = tiny_overrides(tiny_shard, tokenizer_dir, run_dir, **{"train.train_steps": 400})
     command = [sys.executable, "-m", "megatron_bliss.cli", "pretrain", *overrides]
     process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     wait_for_steps(run_dir / "metrics.jsonl", 3, process)

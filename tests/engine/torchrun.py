@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from megatron_bliss.engine.distributed import free_port
 from megatron_bliss.utils.paths import REPO_ROOT
+from tests.child_env import child_env
 
 
 def run_two_ranks(worker: Path, *args: str) -> None:
@@ -16,9 +16,7 @@ def run_two_ranks(worker: Path, *args: str) -> None:
 
     The pytest process's own distributed variables are dropped so torchrun sets up a fresh world.
     """
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
+    env = child_env()
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", str(free_port()), str(worker), *args,

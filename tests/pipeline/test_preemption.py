@@ -22,7 +22,8 @@ from megatron_bliss.engine.hooks import Hooks
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.runner import PipelineHooks, run_pipeline
 from megatron_bliss.utils.paths import REPO_ROOT
-from tests.engine.test_preemption import clean_env, train_steps, wait_for_steps
+from tests.child_env import child_env
+from tests.engine.test_preemption import train_steps, wait_for_steps
 from tests.pipeline.test_runner import tiny_config
 
 
@@ -122,7 +123,7 @@ def test_torchrun_stage_preempted_through_its_ranks_or_the_pipeline(pipeline_inp
         command = [sys.executable, "-m", "megatron_bliss.cli", "pipeline", "--config",
                    str(config_path)]  # fmt: skip
         return subprocess.Popen(
-            command, cwd=REPO_ROOT, env=clean_env(), stderr=subprocess.PIPE, text=True
+            command, cwd=REPO_ROOT, env=child_env(), stderr=subprocess.PIPE, text=True
         )
 
     # SIGUSR1 reaches the ranks (as SLURM sends it): they checkpoint, the pipeline exits 75.
