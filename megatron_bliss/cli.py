@@ -35,7 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("megatron_bliss.selection.scoring", "score every sequence of a shard"),
     "pipeline": ("megatron_bliss.pipeline.cli", "multi-round select -> train -> evaluate"),
     "compare": (
-        "megatron_bliss.pipeline.compare",
+        "megatron_bliss.pipeline.compare_cli",
         "several methods from shared warm-ups, over seeds, at equal tokens",
     ),
     "eval": ("megatron_bliss.eval.cli", "lm-eval-harness on a Hugging Face model"),

@@ -18,7 +18,6 @@ final target-set loss) and the report (``eval/compare_report.py``). Rerunning re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from megatron_bliss.config import ConfigError
-from megatron_bliss.pipeline.config import PipelineConfig, load_pipeline_config
+from megatron_bliss.pipeline.config import PipelineConfig
 from megatron_bliss.pipeline.prepare import PrepareSection
 from megatron_bliss.utils.io import atomic_write_json
 
@@ -294,23 +293,3 @@ def unigram_losses(config: PipelineConfig) -> dict[str, float | None]:
 def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     size = max(len(a), len(b))
     return np.pad(a, (0, size - len(a))) + np.pad(b, (0, size - len(b)))
-
-
-# ---------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="pipeline YAML with a compare: section")
-    parser.add_argument("--methods", default=None, help="comma-separated (default: the config's)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
-    parser.add_argument("--run-dir", default=None, help="default: the config's run_dir")
-    parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.methods:
-        overrides.append(f"compare.methods=[{args.methods}]")
-    if args.seeds is not None:
-        overrides.append(f"compare.seeds={args.seeds}")
-    config = load_pipeline_config(args.config, overrides)
-    run_compare(config, args.run_dir, where=args.config, overrides=overrides)
-    return 0
