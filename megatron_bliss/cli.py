@@ -52,7 +52,8 @@ TRUST_HELP = (
 
 DESCRIPTION = (
     "LLM pretraining with model-based data selection: preprocess a corpus, pretrain with DeepSpeed, "
-    "select data (BLISS, Influence Distillation, MATES, DSIR, perplexity, random), evaluate, report."
+    "select data (BLISS, Influence Distillation, MATES, DSIR, reducible loss, perplexity, random), "
+    "evaluate, report."
 )
 
 
