@@ -91,6 +91,14 @@ class TrainConfig:
     logits), logits (materialise logits, then cross-entropy)."""
     device: str = "auto"
     """auto, cpu or cuda."""
+    compile: bool = False
+    """torch.compile each transformer block's forward in place (``models/compile.py``). Per
+    block, not the whole model: the blocks share one compiled graph (compile time independent of
+    depth), the module tree and state-dict keys stay the eager ones (checkpoints, resume and
+    export-hf unchanged), and what runs between blocks (embeddings, the fused LM-head loss,
+    DeepSpeed's hooks) stays eager, so a graph break there never splits a block. Under ZeRO-3 the
+    blocks become ZeRO-3 leaf modules (``deepspeed.zero3_leaf_blocks``), so no ZeRO hook runs
+    inside a compiled block."""
 
 
 @dataclass
@@ -129,6 +137,11 @@ class DeepSpeedSection:
     """Overrides zero_optimization.stage of the JSON."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Extra keys merged into the JSON (nested mappings merge)."""
+    zero3_leaf_blocks: bool | None = None
+    """ZeRO-3: make each transformer block a ZeRO-3 leaf module, so one hook on the block fetches
+    and releases all its parameters instead of one hook per layer inside it (fewer, larger
+    gathers). None (default): on with train.compile (no ZeRO code inside a compiled block), off
+    otherwise. Ignored by ZeRO 0-2."""
 
 
 @dataclass

@@ -349,6 +349,9 @@ class TrainingStage:
         return None
 
     def _build_model(self) -> torch.nn.Module:
+        """The model, with activation checkpointing and torch.compile as configured (in place:
+        module names and state-dict keys stay the eager model's)."""
+        from megatron_bliss.models.compile import compile_blocks, transformer_blocks
         from megatron_bliss.models.loading import build_training_model
 
         model = build_training_model(
@@ -363,7 +366,23 @@ class TrainingStage:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+        if self._zero3_leaf_blocks():  # before deepspeed.initialize, which installs the hooks
+            from deepspeed.utils import set_z3_leaf_module
+
+            for block in transformer_blocks(model):
+                set_z3_leaf_module(block, True)
+            logger.info("ZeRO-3: transformer blocks are leaf modules (one fetch per block)")
+        if self.config.train.compile:
+            count = compile_blocks(model)
+            logger.info("torch.compile: %d transformer blocks compiled in place", count)
         return model
+
+    def _zero3_leaf_blocks(self) -> bool:
+        """``deepspeed.zero3_leaf_blocks``; by default on exactly when blocks are compiled."""
+        if self.zero_stage != 3:
+            return False
+        setting = self.config.deepspeed.zero3_leaf_blocks
+        return self.config.train.compile if setting is None else setting
 
     def _log_model(self) -> None:
         logger.info(
