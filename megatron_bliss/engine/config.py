@@ -39,8 +39,17 @@ class ModelConfig:
     """auto (flash_attention_2 on a GPU when installed, else sdpa), sdpa, eager, flash_attention_2."""
     gradient_checkpointing: bool = False
     """Activation checkpointing: recompute each layer in the backward pass."""
+    liger_kernel: bool | str = "auto"
+    """liger-kernel's fused RMSNorm, SwiGLU and RoPE for the llama family (not its losses: the
+    engine has its own fused LM-head loss). auto: applied on CUDA when ``liger_kernel`` imports,
+    else skipped with one info line; on: required (stops with one line on CPU, for gpt_neox or
+    when not installed); off. YAML reads on/off as booleans: true/false mean on/off."""
     init_from: str | None = None
     """Start from a Hugging Face checkpoint (local dir or hub name) instead of random weights."""
+
+    def __post_init__(self):
+        if isinstance(self.liger_kernel, bool):  # YAML 1.1: on/off are booleans
+            self.liger_kernel = "on" if self.liger_kernel else "off"
 
 
 @dataclass
@@ -226,6 +235,7 @@ _CHOICES = {
     "schedule.type": ("cosine", "constant"),
     "schedule.decay_style": ("linear", "cosine", "halving"),
     "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2"),
+    "model.liger_kernel": ("auto", "on", "off"),
 }
 
 
@@ -240,6 +250,7 @@ def validate_static(config: PretrainConfig, where: str = "config") -> None:
         "schedule.type": config.schedule.type,
         "schedule.decay_style": config.schedule.decay_style,
         "model.attn_implementation": config.model.attn_implementation,
+        "model.liger_kernel": config.model.liger_kernel,
     }
     for key, value in values.items():
         if value not in _CHOICES[key]:

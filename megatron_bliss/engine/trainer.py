@@ -258,6 +258,7 @@ class TrainingStage:
         self.engine = None
         self.model: torch.nn.Module | None = None
         self.fused_loss: FusedHeadLoss | None = None
+        self.restore_liger = None  # undoes liger-kernel's process-wide patches (close)
         self.resume_point: ckpt.ResumePoint | None = None
         self.step, self.consumed_samples = 0, 0
         self.losses: list[float] = []  # every step's loss, mean over ranks, once read back
@@ -349,11 +350,16 @@ class TrainingStage:
         return None
 
     def _build_model(self) -> torch.nn.Module:
-        """The model, with activation checkpointing and torch.compile as configured (in place:
-        module names and state-dict keys stay the eager model's)."""
+        """The model, with activation checkpointing, liger-kernel and torch.compile as configured
+        (each in place: module names and state-dict keys stay the eager model's)."""
         from megatron_bliss.models.compile import compile_blocks, transformer_blocks
+        from megatron_bliss.models.liger import apply_liger, model_type, use_liger
         from megatron_bliss.models.loading import build_training_model
 
+        # Decided before the model is built, so model.liger_kernel=on that cannot run stops at once.
+        liger = use_liger(
+            self.config.model.liger_kernel, model_type(self.config.model), self.device.type
+        )
         model = build_training_model(
             self.config.model,
             vocab_size=self._vocab_size(),
@@ -366,6 +372,8 @@ class TrainingStage:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+        if liger:
+            self.restore_liger = apply_liger(model)
         if self._zero3_leaf_blocks():  # before deepspeed.initialize, which installs the hooks
             from deepspeed.utils import set_z3_leaf_module
 
@@ -810,6 +818,9 @@ class TrainingStage:
         self.dataset = None
         self.valid_datasets = {}
         restore_functional_linear()
+        if self.restore_liger is not None:
+            self.restore_liger()
+            self.restore_liger = None
 
 
 def restore_functional_linear() -> None:
