@@ -91,3 +91,22 @@ def test_max_micro_batch_search_doubles_then_bisects_past_out_of_memory(
     monkeypatch.setattr(trainer, "pretrain", broken)
     with pytest.raises(ValueError, match="not a memory problem"):
         throughput.find_max_micro_batch(args, "shard", tmp_path, args.variants[0], 512)
+
+
+def test_selection_cost_flags_become_select_config_overrides():
+    from megatron_bliss.selection.config import load_select_config
+
+    cost = load_benchmark("selection_cost")
+    args = cost.argparse.Namespace(
+        device="cpu", seq_length=1024, target_preset="pythia-1b", proxy_preset="pythia-160m",
+        set=["bliss.score_batch_size=256"],
+    )  # fmt: skip
+    overrides = cost.select_overrides(args)
+    assert overrides == [
+        "device=cpu", "seq_length=1024", "target_preset=pythia-1b",
+        "bliss.proxy_preset=pythia-160m", "bliss.score_batch_size=256",
+    ]  # fmt: skip
+    select = load_select_config(REPO_ROOT / "configs" / "select_tiny_cpu.yaml", overrides)
+    bliss = select.method_config("bliss")
+    assert (select.seq_length, select.target_preset) == (1024, "pythia-1b")
+    assert (bliss.proxy_preset, bliss.score_batch_size) == ("pythia-160m", 256)
