@@ -27,7 +27,8 @@ Pool: real C4 (``../shared/data/c4``; the built-in corpus when absent), 4k byte-
 
 On a GPU (``--device cuda``) the shapes come from flags: ``--proxy-preset`` (proxy and score
 model backbone), ``--target-preset`` (the KL's target), ``--seq-length``, ``--micro-batch`` (the
-outer step's batch), ``--vocab-size`` (the models' vocabulary; the 4k BPE's ids stay valid), and
+outer step's batch), ``--upper-batch`` (its score-model draws; the paper pipeline's 128 over 8
+GPUs is 16), ``--vocab-size`` (the models' vocabulary; the 4k BPE's ids stay valid), and
 ``--set KEY=VALUE`` for any other select-config key. ``--round-steps 0`` skips the round's
 target training (its cost then comes from ``train_throughput.py``). Scoring is timed in bf16
 against the micro-batch-4 ``no_grad`` loop in float32 and in bf16, and each phase's peak GPU
@@ -35,7 +36,7 @@ memory (``torch.cuda.max_memory_allocated``) is reported. The paper's shapes on 
 
     python benchmarks/selection_cost.py --device cuda --proxy-preset pythia-160m \
         --target-preset pythia-1b --seq-length 1024 --micro-batch 4 --vocab-size 50304 \
-        --round-steps 0 --outer-steps 3 --proxy-warmup-steps 2 --pool-repeat 16
+        --upper-batch 16 --round-steps 0 --outer-steps 3 --proxy-warmup-steps 2 --pool-repeat 16
 """
 
 from __future__ import annotations
@@ -113,15 +114,18 @@ def median_seconds(fn, repeats: int, device: torch.device | None = None) -> floa
     return float(np.median(times))
 
 
-def outer_step_cost(selector: BlissSelector, batch: int, repeats: int) -> dict:
+def outer_step_cost(
+    selector: BlissSelector, batch: int, repeats: int, upper: int | None = None
+) -> dict:
     """Seconds of one outer step vs one plain proxy training step, both on ``batch`` sequences."""
     import copy
 
     from megatron_bliss.selection.proxy import lm_logits, pool_batch, sequence_ce
 
     config = selector.config
+    upper = upper or batch
     selector.config = dataclasses.replace(
-        config, batch_size=batch, upper_batch_size=batch, target_batch_size=batch
+        config, batch_size=batch, upper_batch_size=upper, target_batch_size=batch
     )
     state = selector.loop_state()
     device = selector.context.device
@@ -139,7 +143,7 @@ def outer_step_cost(selector: BlissSelector, batch: int, repeats: int) -> dict:
         optimizer.step()
 
     plain = median_seconds(plain_step, repeats, device)
-    return {"batch": batch, "outer_step_seconds": round(outer, 4),
+    return {"batch": batch, "upper_batch": upper, "outer_step_seconds": round(outer, 4),
             "plain_step_seconds": round(plain, 4), "outer_over_plain": round(outer / plain, 2)}  # fmt: skip
 
 
@@ -223,6 +227,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--step-batch", "--micro-batch", dest="step_batch", type=int, default=16,
         help="sequences per outer step (inner batch, draws and target batch); paper: 4 per GPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--upper-batch", type=int, default=None,
+        help="pool sequences per outer step whose c_i train the score model (default: --step-batch)",
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -342,7 +350,9 @@ def main(argv=None) -> int:
         results["scoring_speedup_vs_bf16_loop"] = round(bf16_seconds / fast_seconds, 2)
         results["float32_batched_vs_loop_max_abs_diff"] = float(np.abs(fp32 - slow).max())
         peak_memory(device)
-    results["outer_step"] = outer_step_cost(selector, args.step_batch, args.repeats)
+    results["outer_step"] = outer_step_cost(
+        selector, args.step_batch, args.repeats, args.upper_batch
+    )
     memory["outer_step"] = peak_memory(device)
     results["hypergradient"] = hypergradient_cost(selector, args.step_batch, args.repeats)
     memory["hypergradient"] = peak_memory(device)
