@@ -211,7 +211,7 @@ def select_overrides(args) -> list[str]:
     return [f"{key}={value}" for key, value in named.items() if value is not None] + args.set
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "select_tiny_cpu.yaml"))
     parser.add_argument("--round-steps", type=int, default=30)
@@ -248,14 +248,18 @@ def main(argv=None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="any select-config override, e.g. bliss.score_batch_size=256",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     setup_logging()
     torch.manual_seed(0)
     select = load_select_config(args.config, select_overrides(args))
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            parser.error("--device cuda but no CUDA device is visible")
+            raise SystemExit("selection_cost.py: --device cuda but no CUDA device is visible")
         torch.cuda.reset_peak_memory_stats(device)
     memory = {}
     full = select.method_config("bliss")
