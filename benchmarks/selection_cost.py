@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     target_set = TargetSet.from_jsonl(
         target_path, tokenizer, "documents", select.target_max_length, select.target_limit
     )
-    target = build_model(select.target_preset, vocab, select.seq_length + 1).to(device)
+    # sdpa like the proxy (build_proxy): flash-attn 2, the GPU default, refuses float32 models
+    target = build_model(select.target_preset, vocab, select.seq_length + 1, "sdpa").to(device)
     train_seconds = None
     if args.round_steps > 0:
         _, train_seconds = timed(
