@@ -19,6 +19,7 @@ TINY_BLISS = [
     "target_warmup_batch_size=4",
     "target_limit=16",
     "target_max_length=64",
+    "bliss.proxy_init=null",  # the shipped config copies the target; this run warms a proxy up
     "bliss.proxy_preset=pythia-tiny",
     "bliss.proxy_warmup_steps=4",
     "bliss.proxy_warmup_batch_size=4",
