@@ -6,10 +6,13 @@
 
 Each stage runs in this process (tests inject kills through hooks) or, for training with
 ``launcher: torchrun``, as a ``torchrun`` job of ``nproc_per_node`` ranks, the way a cluster runs
-each stage (the ranks end with this process, see ``utils.child_process``). Finished stages are
-skipped; a killed stage resumes from its own checkpoints. A training stage stopped by
-SIGTERM/SIGUSR1 saves a checkpoint and is not recorded as finished: the pipeline stops with
-``exit_codes.Interrupted`` and the next run resumes that stage.
+each stage (the ranks end with this process, see ``utils.child_process``). Started itself under
+torchrun, srun or the deepspeed launcher, the pipeline is one SPMD job (``world.py``): every rank
+runs every stage, training in-process on the whole world, data-parallel selectors on all ranks,
+the rest on rank 0 while the others wait; rank 0 decides what is finished and writes every shared
+file. Finished stages are skipped; a killed stage resumes from its own checkpoints. A training
+stage stopped by SIGTERM/SIGUSR1 saves a checkpoint and is not recorded as finished: the pipeline
+stops with ``exit_codes.Interrupted`` and the next run resumes that stage.
 
 The runner knows no method by name: each stage's config comes from ``stage_configs.py``, which
 asks the selector class what it carries from round to round (BLISS: the warm-up proxy and the
@@ -40,6 +43,7 @@ from megatron_bliss.pipeline.config import PipelineConfig
 from megatron_bliss.pipeline.preflight import preflight
 from megatron_bliss.pipeline.stage_configs import select_stage_config, train_stage_config
 from megatron_bliss.pipeline.stages import StageMarker
+from megatron_bliss.pipeline.world import PipelineWorld
 from megatron_bliss.selection.base import EarlierRounds
 from megatron_bliss.selection.rule import write_selection
 from megatron_bliss.utils.child_process import run_child
@@ -61,25 +65,46 @@ class PipelineHooks:
 
 
 class Pipeline:
-    def __init__(self, config: PipelineConfig, hooks: PipelineHooks | None = None):
+    def __init__(
+        self,
+        config: PipelineConfig,
+        hooks: PipelineHooks | None = None,
+        world: PipelineWorld | None = None,
+    ):
         self.config = config
         self.hooks = hooks or PipelineHooks()
         self.run_dir = Path(config.run_dir)
+        self.world = world or PipelineWorld()
+        self.world.use_run_dir(self.run_dir)
         self.launcher = config.launcher
+        if self.world.spmd and self.launcher.type != "inprocess":
+            logger.info(
+                "pretrain.launcher.type=%s ignored: this job already runs on %d ranks, so "
+                "training stages run in-process on all of them",
+                self.launcher.type, self.world.world_size,
+            )  # fmt: skip
+            self.launcher = dataclasses.replace(self.launcher, type="inprocess")
 
     # ------------------------------------------------------------------ public
     def run(self) -> dict[str, Any]:
+        with self.world.stage("start"):
+            self.world.write(self._start)
+            self.config = self.world.on_main(
+                "prepare data", lambda: prepare_data(self.config, self.run_dir)
+            )
+        rounds = [self._warmup()]
+        for r in range(1, self.config.rounds() + 1):
+            rounds.append(self._round(r, rounds[-1]))
+        with self.world.stage("summary"):
+            summary = self.world.write(lambda: self._write_summary(rounds))
+        logger.info("pipeline finished: %s", self.run_dir)
+        return summary
+
+    def _start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(self.config, self.run_dir / "config.yaml")
         if self.config.reuse_warmup:
             self._link_warmup()
-        self.config = prepare_data(self.config, self.run_dir)
-        rounds = [self._warmup()]
-        for r in range(1, self.config.rounds() + 1):
-            rounds.append(self._round(r, rounds[-1]))
-        summary = self._write_summary(rounds)
-        logger.info("pipeline finished: %s", self.run_dir)
-        return summary
 
     # ------------------------------------------------------------------ rounds
     def _warmup(self) -> dict[str, Any]:
@@ -91,19 +116,24 @@ class Pipeline:
             "tokenizer": c.tokenizer,
         }  # fmt: skip
         select = StageMarker(round_dir, "select", inputs)
-        if not select.done():
-            self._before(0, "select")
-            from megatron_bliss.data.pool import SequencePool
-
-            pool = SequencePool(c.shards[0], c.seq_length)
-            scores = np.random.default_rng(c.seed).random(len(pool)).astype(np.float32)
-            write_selection(
-                round_dir, scores, method="random", fraction=c.warmup_fraction,
-                data_prefix=c.shards[0], seq_length=c.seq_length, seed=c.seed,
-            )  # fmt: skip
-            select.complete({"flops": {}})
+        with self.world.stage("round 0 select"):
+            if not self._done(select):
+                self._before(0, "select")
+                self.world.write(lambda: self._random_warmup_selection(round_dir, select))
         train = self._train(0, select.hash, c.warmup_steps, lr_multiplier=1.0, load=None)
         return self._finish_round(0, train, selection_flops={})
+
+    def _random_warmup_selection(self, round_dir: Path, select: StageMarker) -> None:
+        from megatron_bliss.data.pool import SequencePool
+
+        c = self.config
+        pool = SequencePool(c.shards[0], c.seq_length)
+        scores = np.random.default_rng(c.seed).random(len(pool)).astype(np.float32)
+        write_selection(
+            round_dir, scores, method="random", fraction=c.warmup_fraction,
+            data_prefix=c.shards[0], seq_length=c.seq_length, seed=c.seed,
+        )  # fmt: skip
+        select.complete({"flops": {}})
 
     def _round(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
         c = self.config
@@ -114,13 +144,16 @@ class Pipeline:
             "target": previous["train_hash"],
         }  # fmt: skip
         select = StageMarker(round_dir, "select", inputs)
-        if not select.done():
-            self._before(r, "select")
-            select.complete(self._select(r, previous))
+        with self.world.stage(f"round {r} select"):
+            if not self._done(select):
+                self._before(r, "select")
+                result = self._select(r, previous)
+                self.world.write(lambda: select.complete(result))
+            selection_flops = self._result(select).get("flops", {})
         steps = c.warmup_steps + r * c.round_steps
         multiplier = c.lr_round_factor**r
         train = self._train(r, select.hash, steps, multiplier, load=previous["checkpoints"])
-        return self._finish_round(r, train, selection_flops=select.result().get("flops", {}))
+        return self._finish_round(r, train, selection_flops=selection_flops)
 
     def _finish_round(self, r: int, train: dict[str, Any], selection_flops: dict[str, float]):
         """Optional decay branch, then evaluation of this round's model."""
@@ -142,19 +175,38 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def _select(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
-        """Run the selector on shard r with the round r-1 target; outputs land in round_r/."""
+        """Run the selector on shard r with the round r-1 target; outputs land in round_r/.
+        A data-parallel selector runs on every rank, any other on rank 0 alone."""
         from megatron_bliss.selection.registry import get_selector_class
+
+        if get_selector_class(self.config.method).data_parallel:
+            self._run_selector(r, previous)
+            return self.world.write(lambda: self._keep_selection(r))
+        return self.world.on_main(f"round {r} select", lambda: self._select_here(r, previous))
+
+    def _select_here(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
+        self._run_selector(r, previous)
+        return self._keep_selection(r)
+
+    def _run_selector(self, r: int, previous: dict[str, Any]) -> None:
         from megatron_bliss.selection.run import run_selection
 
         c = self.config
-        round_dir = self._round_dir(r)
-        work_dir = round_dir / "select_run"
+        work_dir = self._round_dir(r) / "select_run"
         earlier = EarlierRounds(r, self.run_dir, self._round_dir(r - 1), previous["checkpoints"])
         run_selection(
             c.method, select_stage_config(c, r, earlier), data_prefix=c.shards[r],
             run_dir=work_dir, target_data=c.target_data, target_format=c.target_format,
             tokenizer=c.tokenizer, target_model=previous["checkpoints"],
         )  # fmt: skip
+
+    def _keep_selection(self, r: int) -> dict[str, Any]:
+        """Move the selector's outputs into round_r/ (rank 0) and return the stage's result."""
+        from megatron_bliss.selection.registry import get_selector_class
+
+        c = self.config
+        round_dir = self._round_dir(r)
+        work_dir = round_dir / "select_run"
         for name in SELECTION_OUTPUTS:
             if (work_dir / name).exists():
                 _replace(work_dir / name, round_dir / name)
@@ -172,13 +224,19 @@ class Pipeline:
             selection=round_dir / "selection.npy", shard=c.shards[r],
         )  # fmt: skip
         marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
-        if not marker.done():
-            self._before(r, "train")
-            own = has_step_folders(round_dir / "checkpoints")  # resumed, even without `latest`
-            config.checkpoint.load = None if own or load is None else str(load)
-            summary = self._launch_pretrain(config, r, "train")
-            marker.complete(_train_result(summary, round_dir, previous_tokens=self._tokens(load)))
-        return {**marker.result(), "hash": marker.hash}
+        with self.world.stage(f"round {r} train"):
+            if not self._done(marker):
+                self._before(r, "train")
+                # resumed from its own checkpoints, even without `latest`
+                own = self.world.agree(lambda: has_step_folders(round_dir / "checkpoints"))
+                config.checkpoint.load = None if own or load is None else str(load)
+                summary = self._launch_pretrain(config, r, "train")
+                self.world.write(
+                    lambda: marker.complete(
+                        _train_result(summary, round_dir, previous_tokens=self._tokens(load))
+                    )
+                )
+            return {**self._result(marker), "hash": marker.hash}
 
     def _decay(self, r: int, train: dict[str, Any]) -> dict[str, Any]:
         c = self.config
@@ -192,15 +250,15 @@ class Pipeline:
         marker = StageMarker(
             decay_dir, "decay", {"config": _comparable(config), "up": train["hash"]}
         )
-        if not marker.done():
-            self._before(r, "decay")
-            own = has_step_folders(decay_dir / "checkpoints")
-            config.checkpoint.load = None if own else train["checkpoints"]
-            summary = self._launch_pretrain(config, r, "decay")
-            marker.complete(
-                _train_result(summary, decay_dir, previous_tokens=train["consumed_tokens"])
-            )
-        return {**marker.result(), "hash": marker.hash}
+        with self.world.stage(f"round {r} decay"):
+            if not self._done(marker):
+                self._before(r, "decay")
+                own = self.world.agree(lambda: has_step_folders(decay_dir / "checkpoints"))
+                config.checkpoint.load = None if own else train["checkpoints"]
+                summary = self._launch_pretrain(config, r, "decay")
+                tokens = train["consumed_tokens"]
+                self.world.write(lambda: marker.complete(_train_result(summary, decay_dir, tokens)))
+            return {**self._result(marker), "hash": marker.hash}
 
     def _evaluate(self, r: int, checkpoints: str, upstream: str, step: int) -> None:
         c = self.config
@@ -208,13 +266,22 @@ class Pipeline:
             return
         round_dir = self._round_dir(r)
         marker = StageMarker(round_dir, "eval", {"eval": _eval_inputs(c.eval), "up": upstream})
-        if marker.done():
-            return
-        self._before(r, "eval")
+        with self.world.stage(f"round {r} eval"):
+            if not self._done(marker):
+                self._before(r, "eval")
+                self.world.on_main(
+                    f"round {r} eval",
+                    lambda: self._export_and_evaluate(r, checkpoints, step, marker),
+                )
+
+    def _export_and_evaluate(self, r: int, checkpoints: str, step: int, marker: StageMarker):
+        """Export round r's model and run lm-eval on it (rank 0; the others wait)."""
         from megatron_bliss.engine.export import export_hf
         from megatron_bliss.eval.harness import evaluate_model
         from megatron_bliss.eval.tensorboard import log_eval_metrics
 
+        c = self.config
+        round_dir = self._round_dir(r)
         model_dir = export_hf(checkpoints, round_dir / "hf", tokenizer=c.tokenizer)
         results = evaluate_model(
             model_dir, c.eval.tasks, task_data=self._task_data(), ppl_data=c.eval.ppl_data,
@@ -225,6 +292,13 @@ class Pipeline:
         marker.complete({"tasks": sorted(results)})
 
     # ------------------------------------------------------------------ helpers
+    def _done(self, marker: StageMarker) -> bool:
+        """Whether the stage is finished, as rank 0 reads its marker (the same on every rank)."""
+        return self.world.agree(marker.done)
+
+    def _result(self, marker: StageMarker) -> dict[str, Any]:
+        return self.world.agree(marker.result)
+
     def _launch_pretrain(self, config: PretrainConfig, r: int, name: str) -> dict[str, Any]:
         if self.launcher.type == "inprocess":
             from megatron_bliss.engine.trainer import pretrain
@@ -394,8 +468,23 @@ def run_pipeline(
     *,
     where: str = "pipeline",
     overrides: list[str] | None = None,
+    world: PipelineWorld | None = None,
 ) -> dict[str, Any]:
     """Check every stage's settings and inputs (``preflight``), then run or resume the rounds;
-    ``where`` and ``overrides`` name the config file and command line in error messages."""
-    preflight(config, where, overrides)
-    return Pipeline(config, hooks).run()
+    ``where`` and ``overrides`` name the config file and command line in error messages.
+
+    Under a launcher (torchrun, srun, deepspeed) every rank calls this: the process group is
+    made here, once, and the checks run on rank 0 (their error reaches every rank)."""
+    world = world or PipelineWorld.join(training_device_type(config.pretrain))
+    with world.stage("preflight"):
+        world.agree(lambda: preflight(config, where, overrides))
+    return Pipeline(config, hooks, world).run()
+
+
+def training_device_type(pretrain: dict[str, Any]) -> str:
+    """The device type of the training stages (``pretrain.train.device``), which the process
+    group is made for."""
+    from megatron_bliss.utils.device import resolve_device
+
+    device = (pretrain.get("train") or {}).get("device") or "auto"
+    return resolve_device(device, "pretrain.train.device").type

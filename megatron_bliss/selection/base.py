@@ -81,6 +81,10 @@ class Selector(ABC):
     ranks_by_content: bool = True
     """False when the scores say nothing about the sequences (random): reports show no highest-
     and lowest-scored sequences for the method."""
+    data_parallel: bool = False
+    """True when ``fit``/``score`` run collectives over the default process group, so every rank
+    of a multi-rank job must call them (BLISS's bilevel loop, pool scoring); False: rank 0 runs
+    the method while the other ranks wait."""
     shared_outputs: tuple[str, ...] = ()
     """Folders that ``fit`` writes under the run directory for later rounds to reuse: a pipeline
     keeps the first round's copy in its own run directory."""

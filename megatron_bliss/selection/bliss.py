@@ -167,6 +167,7 @@ class BlissSelector(Selector):
             return self.upper_batch_size or self.batch_size
 
     shared_outputs = ("proxy_warmup",)  # the warm-up proxy: every round resets to it
+    data_parallel = True  # the bilevel loop and the pool scoring all-reduce over the ranks
 
     @classmethod
     def carry_over(cls, config, earlier: EarlierRounds) -> dict:

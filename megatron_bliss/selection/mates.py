@@ -164,6 +164,7 @@ class MatesSelector(Selector):
     """Probe oracle labels, fit the data influence model, score the pool with it."""
 
     name = "mates"
+    data_parallel = True  # the pool is scored in slices, all-reduced (scoring.score_pool)
 
     @dataclass
     class Config:
