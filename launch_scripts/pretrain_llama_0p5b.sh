@@ -7,7 +7,8 @@
 #   deepspeed [--num_gpus N] [--hostfile hosts] launch_scripts/pretrain_llama_0p5b.sh [key=value ...]
 #   srun python launch_scripts/pretrain_llama_0p5b.sh                 (see slurm_pretrain.sbatch)
 # Variables: RUN_DIR, DATA_PREFIX, TOKENIZER, EXTRA="k=v ...", EXPORT=0/1, NPROC_PER_NODE,
-#            NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE.
+#            NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE,
+#            SELECT=METHOD|none (run the config's selection: recipe, or plain pretraining).
 NPROC_DEFAULT=8 THREADS_DEFAULT=8
 source "$(dirname "$0")/launch_common.sh" "$@"   # execs torchrun / the deepspeed launcher
 ":"""
@@ -15,5 +16,6 @@ source "$(dirname "$0")/launch_common.sh" "$@"   # execs torchrun / the deepspee
 import sys
 
 from megatron_bliss.engine.launch import launch
+from megatron_bliss.pipeline.recipe import run_recipe
 
-sys.exit(launch("configs/pretrain_llama_0p5b.yaml", tiny_data=False))
+sys.exit(launch("configs/pretrain_llama_0p5b.yaml", tiny_data=False, recipe=run_recipe))

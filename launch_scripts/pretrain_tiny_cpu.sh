@@ -7,7 +7,8 @@
 #   deepspeed [--num_gpus N] [--hostfile hosts] launch_scripts/pretrain_tiny_cpu.sh [key=value ...]
 #   srun python launch_scripts/pretrain_tiny_cpu.sh                 (see slurm_pretrain.sbatch)
 # Variables: RUN_DIR, DATA_PREFIX, TOKENIZER, EXTRA="k=v ...", EXPORT=0/1, NPROC_PER_NODE,
-#            NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE.
+#            NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE,
+#            SELECT=METHOD|none (run the config's selection: recipe, or plain pretraining).
 NPROC_DEFAULT=2 THREADS_DEFAULT=1
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 source "$(dirname "$0")/launch_common.sh" "$@"   # execs torchrun / the deepspeed launcher
@@ -16,5 +17,6 @@ source "$(dirname "$0")/launch_common.sh" "$@"   # execs torchrun / the deepspee
 import sys
 
 from megatron_bliss.engine.launch import launch
+from megatron_bliss.pipeline.recipe import run_recipe
 
-sys.exit(launch("configs/pretrain_tiny_cpu.yaml", tiny_data=True))
+sys.exit(launch("configs/pretrain_tiny_cpu.yaml", tiny_data=True, recipe=run_recipe))

@@ -166,11 +166,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    ignore: tuple[str, ...] = (),
 ) -> T:
-    """Defaults of ``cls``, then the YAML file, then ``key=value`` overrides."""
+    """Defaults of ``cls``, then the YAML file, then ``key=value`` overrides; top-level sections
+    named in ``ignore`` belong to another reader of the same file and are left out."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     data = merge(data, parse_overrides(overrides or []))
+    data = {key: value for key, value in data.items() if key not in ignore}
     try:
         return from_dict(cls, data, where=str(path) if path else "config")
     except ConfigError as error:

@@ -207,9 +207,14 @@ class PretrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+RECIPE_SECTION = "selection"
+"""A pretrain YAML may also hold a multi-round selection recipe under this key, which the launch
+scripts hand to the pipeline (``pipeline/recipe.py``); one training stage leaves it alone."""
+
+
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None):
     """Defaults, then the YAML file, then overrides; structural checks only (no world yet)."""
-    config = load_config(PretrainConfig, path, overrides)
+    config = load_config(PretrainConfig, path, overrides, ignore=(RECIPE_SECTION,))
     validate_static(config, where=str(path) if path else "config")
     return config
 

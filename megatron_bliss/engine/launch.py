@@ -6,7 +6,12 @@
 which lands here directly. Every rank then calls ``launch``: optional tiny-data preparation (rank 0
 builds, the others wait for its ready file), training, and an export of the final checkpoint.
 
-Environment (all optional): RUN_DIR, DATA_PREFIX, TOKENIZER, EXPORT (1/0), EXTRA (overrides).
+A script may hand ``launch`` a recipe runner (``pipeline.recipe.run_recipe``: the engine imports
+no pipeline code): when the config's ``selection:`` section is enabled, or ``SELECT=METHOD`` is
+set, every rank runs the multi-round selection recipe instead of one training stage.
+
+Environment (all optional): RUN_DIR, DATA_PREFIX, TOKENIZER, EXPORT (1/0), EXTRA (overrides),
+SELECT (a method, or ``none`` for plain pretraining).
 Each rank exits 0 when finished, 2 on bad input and 75 when a signal stopped training after a
 checkpoint (no export then; torchrun itself reports 1 for any rank that did not exit 0).
 """
@@ -16,9 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from megatron_bliss import exit_codes
@@ -29,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 C4_SAMPLE = "c4/c4-en-train.00000-of-01024.first1000.jsonl"
 C4_VALID = "c4/c4-en-demo.300docs.jsonl"
+HELDOUT_JSONL = "heldout.jsonl"
+RecipeRunner = Callable[[str, list[str]], "int | None"]
+"""(config path, overrides) -> exit code, or None when the config asks for plain pretraining."""
 
 
 def _run_tool(arguments: list[str]) -> None:
@@ -41,11 +51,12 @@ def _run_tool(arguments: list[str]) -> None:
         )
 
 
-def prepare_tiny_data(data_dir: Path, timeout_s: float = 900.0) -> tuple[str, str]:
-    """(shard prefix, tokenizer dir) for the tiny CPU run, built once on rank 0.
+def prepare_tiny_data(data_dir: Path, timeout_s: float = 900.0) -> tuple[str, str, str]:
+    """(shard prefix, tokenizer dir, held-out prefix) for the tiny CPU run, built once on rank 0.
 
     Corpus: the C4 samples of ``../shared/data`` when present, else the built-in text (90/10
     train/held-out); tokenizer: a 2k byte-level BPE trained on it (keeps the embedding small).
+    The held-out text is also kept as ``heldout.jsonl``, the tiny recipe's target set.
     """
     prefix, tokenizer = data_dir / "tiny_text_document", data_dir / "tokenizer"
     ready = data_dir / "READY"
@@ -54,6 +65,7 @@ def prepare_tiny_data(data_dir: Path, timeout_s: float = 900.0) -> tuple[str, st
         train_corpus, valid_corpus = _tiny_corpora(data_dir)
         _run_tool(["train-tokenizer", "--input", str(train_corpus), "--vocab-size", "2048",
                    "--output", str(tokenizer)])  # fmt: skip
+        shutil.copyfile(valid_corpus, data_dir / HELDOUT_JSONL)
         for name, corpus in (("tiny", train_corpus), ("valid", valid_corpus)):
             _run_tool(["preprocess", "--input", str(corpus), "--output-prefix",
                        str(data_dir / name), "--tokenizer", str(tokenizer), "--workers", "1",
@@ -85,8 +97,9 @@ def _tiny_corpora(data_dir: Path) -> tuple[Path, Path]:
     return train, valid
 
 
-def launch(config_path: str, tiny_data: bool = False) -> int:
-    """Train (and export) with ``config_path`` plus environment overrides; every rank calls it."""
+def launch(config_path: str, tiny_data: bool = False, recipe: RecipeRunner | None = None) -> int:
+    """Train (and export) with ``config_path`` plus environment overrides, or run its selection
+    recipe through ``recipe``; every rank calls it."""
     from megatron_bliss.utils.logging import setup_logging
 
     setup_logging()
@@ -101,16 +114,21 @@ def launch(config_path: str, tiny_data: bool = False) -> int:
         prefix, tokenizer, valid = prepare_tiny_data(base / "data")
         overrides += [f"data.prefix={prefix}", f"data.tokenizer={tokenizer}"]
         overrides += [f"data.valid_prefix={valid}"]
+        heldout = base / "data" / HELDOUT_JSONL  # the tiny recipe's target set and ppl data
+        overrides += [f"selection.target_data={heldout}", f"selection.eval.ppl_data={heldout}"]
     if os.environ.get("DATA_PREFIX"):
         overrides.append(f"data.prefix={os.environ['DATA_PREFIX']}")
     if os.environ.get("TOKENIZER"):
         overrides.append(f"data.tokenizer={os.environ['TOKENIZER']}")
     overrides += shlex.split(os.environ.get("EXTRA", ""))
+    if recipe is not None:
+        code = recipe(config_path, overrides)
+        if code is not None:
+            _leave(code)
     return _train_and_export(config_path, overrides)  # a path, or a shipped configs/ file
 
 
 def _train_and_export(config_path: str, overrides: list[str]) -> int:
-    import torch.distributed as dist
 
     from megatron_bliss.engine.cli import report
     from megatron_bliss.engine.config import load_pretrain_config
@@ -133,11 +151,17 @@ def _train_and_export(config_path: str, overrides: list[str]) -> int:
     except UserError as error:
         print(f"pretrain: error: {error}", file=sys.stderr, flush=True)
         os._exit(exit_codes.BAD_INPUT)
-    if dist.is_initialized():
+    _leave(exit_codes.INTERRUPTED if summary["interrupted"] else exit_codes.FINISHED)
+
+
+def _leave(code: int) -> None:
+    """End this rank: wait for the others, then exit without the C++ teardown that occasionally
+    aborts after a clean run under the deepspeed launcher (stack notes)."""
+    import torch.distributed as dist
+
+    from megatron_bliss.engine.distributed import exit_without_teardown
+
+    if dist.is_initialized() and code != exit_codes.BAD_INPUT:
         dist.barrier()
         dist.destroy_process_group()
-    # The deepspeed launcher occasionally aborts in C++ teardown after a clean run (stack notes).
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_codes.INTERRUPTED if summary["interrupted"] else exit_codes.FINISHED)
+    exit_without_teardown(code)

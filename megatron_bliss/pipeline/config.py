@@ -133,7 +133,12 @@ class PipelineConfig:
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None):
     config = load_config(PipelineConfig, path, overrides)
-    where = str(path or "config")
+    check_pipeline_config(config, str(path or "config"))
+    return config
+
+
+def check_pipeline_config(config: PipelineConfig, where: str) -> None:
+    """What a pipeline YAML must satisfy beyond its types (also for a recipe section's config)."""
     _check_shards(config, where)
     for name in ("warmup_fraction", "fraction"):
         if not 0 < getattr(config, name) <= 1:
@@ -146,7 +151,6 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = 
         config.launcher  # noqa: B018 - checked now, used by every training stage
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
-    return config
 
 
 def _check_shards(config: PipelineConfig, where: str) -> None:
