@@ -63,7 +63,9 @@ class PipelineWorld:
         if launched_world_size() == 1 and not _group_exists():
             return cls()
         context = init_distributed(device_type)
-        logger.info("pipeline: rank %d of %d (one SPMD job)", context.rank, context.world_size)
+        if context.world_size == 1:  # a group of one (an earlier in-process stage made it)
+            return cls()
+        logger.info("pipeline: %d ranks, one SPMD job", context.world_size)
         return cls(context.rank, context.world_size)
 
     @property
