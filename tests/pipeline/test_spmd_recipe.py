@@ -3,9 +3,11 @@ against ``megatron-bliss pipeline`` in one process with torchrun training stages
 config: the same selection bytes and the same losses; rerunning the finished job skips every
 stage on every rank.
 
-The comparison run skips the evaluation (it decides nothing that is compared); the SPMD run
-evaluates the last round on rank 0 while rank 1 waits. BLISS runs in float64, so 1 and 2
-selection ranks differ only in the order of floating-point sums.
+The method is DSIR, which rank 0 runs while rank 1 waits (BLISS runs on both ranks, but its
+scores on 2 ranks are not those of 1 rank: ``megatron-bliss select`` alone differs between 1 and 2
+ranks from the first outer step, so no pipeline could give the same bytes). The comparison run
+skips the evaluation (it decides nothing that is compared); the SPMD run evaluates the last round
+on rank 0 while rank 1 waits.
 """
 
 from __future__ import annotations
@@ -26,10 +28,6 @@ from tests.child_env import child_env
 from tests.engine.torchrun import run_two_ranks
 
 WORKER = Path(__file__).with_name("recipe_worker.py")
-BLISS = {
-    "proxy_preset": "pythia-tiny", "proxy_warmup_steps": 2, "outer_steps": 2, "batch_size": 4,
-    "target_batch_size": 4, "score_batch_size": 16, "dtype": "float64",
-}  # fmt: skip
 EVAL = {"limit": 2, "last_round_only": True}
 
 
@@ -45,19 +43,14 @@ def write_pretrain_yaml(path: Path, run_dir: Path, shard: str, tokenizer: str, t
         "logging": {"progress_bar": False},
         "selection": {
             "enabled": True,
-            "method": "bliss",
+            "method": "dsir",
             "num_rounds": 1,
             "warmup_steps": 4,
             "warmup_fraction": 0.5,
             "round_steps": 3,
             "fraction": 0.25,
             "target_data": str(target),
-            "select": {
-                "target_preset": "pythia-tiny",
-                "target_max_length": 32,
-                "device": "cpu",
-                "bliss": BLISS,
-            },
+            "select": {"target_preset": "pythia-tiny", "target_max_length": 32, "device": "cpu"},
             "eval": {"tasks": [], "task_data": None, "ppl_data": str(target), **EVAL},
         },
     }
@@ -88,7 +81,7 @@ def test_two_rank_recipe_matches_the_pipeline_command_and_resumes(
 
     shards = json.loads((spmd / "data/stages/split.json").read_text())["result"]["shards"]
     pretrain = merge(read_yaml(config_path), {"run_dir": str(single)})
-    config = recipe_config(merge(pretrain, {"selection": {"shards": shards}}), "bliss")
+    config = recipe_config(merge(pretrain, {"selection": {"shards": shards}}), "dsir")
     config.pretrain["launcher"] = {"type": "torchrun", "nproc_per_node": 2}
     config.eval.enabled = False
     dump_yaml(config, tmp_path / "pipeline.yaml")
