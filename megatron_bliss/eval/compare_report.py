@@ -99,14 +99,16 @@ def outcome(result: dict) -> str:
     if best == baseline or baseline not in means:
         return f"{best} has the lowest held-out target-set loss ({means[best]:.4f}) over {seeds} seed(s)."
     gaps = [v for v in differences(result, best) if v is not None]
-    spread = float(np.std(gaps, ddof=1)) if len(gaps) > 1 else 0.0
-    verdict = "more than twice" if -np.mean(gaps) > 2 * spread else "not more than twice"
-    return (
+    head = (
         f"{best} has the lowest held-out target-set loss ({means[best]:.4f}), "
         f"{-np.mean(gaps):.4f} below {baseline} on average over {seeds} seed(s) and below it in "
-        f"{sum(g < 0 for g in gaps)} of {len(gaps)}; the gap is {verdict} its seed-to-seed std "
-        f"({spread:.4f})."
+        f"{sum(g < 0 for g in gaps)} of {len(gaps)}"
     )
+    if len(gaps) < 2:  # one seed has no spread: say so rather than compare with a zero std
+        return head + "; one seed cannot show whether the gap exceeds seed-to-seed noise."
+    spread = float(np.std(gaps, ddof=1))
+    verdict = "more than twice" if -np.mean(gaps) > 2 * spread else "not more than twice"
+    return head + f"; the gap is {verdict} its seed-to-seed std ({spread:.4f})."
 
 
 def warmup_table(result: dict) -> list[str]:
