@@ -9,19 +9,14 @@ import os
 import pytest
 
 from megatron_bliss.pipeline.compare import run_compare, summarize, tokens_to_reach
-from tests.pipeline.test_runner import tiny_config
+from tests.pipeline.test_runner import make_inputs, tiny_config
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, tiny_shard, tokenizer_dir, corpus_texts):
-    from megatron_bliss.data.shards import split_indexed
-    from megatron_bliss.data.target_set import TargetSet  # noqa: F401 (fails early if broken)
-
     folder = tmp_path_factory.mktemp("compare")
-    shards = split_indexed(tiny_shard, 3, str(folder / "tiny"))
-    target = folder / "target.jsonl"
-    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_texts[-16:]))
-    inputs = {"shards": shards, "tokenizer": str(tokenizer_dir), "target": str(target)}
+    inputs = make_inputs(folder, tiny_shard, tokenizer_dir, corpus_texts[-16:], num_shards=3)
+    shards = inputs["shards"]
     config = tiny_config(
         inputs, folder / "run", num_rounds=2, target_heldout_fraction=0.5,
         eval={"enabled": False}, compare={"methods": ["random", "dsir"], "seeds": 2},

@@ -23,15 +23,20 @@ class Killed(RuntimeError):
     pass
 
 
-@pytest.fixture(scope="module")
-def pipeline_inputs(tmp_path_factory, tiny_shard, tokenizer_dir, corpus_texts):
+def make_inputs(folder, tiny_shard, tokenizer_dir, texts, num_shards: int) -> dict:
+    """Pipeline inputs in ``folder``: the tiny shard split in ``num_shards``, a target jsonl."""
     from megatron_bliss.data.shards import split_indexed
 
-    folder = tmp_path_factory.mktemp("pipeline_inputs")
-    shards = split_indexed(tiny_shard, 2, str(folder / "tiny"))
+    shards = split_indexed(tiny_shard, num_shards, str(folder / "tiny"))
     target = folder / "target.jsonl"
-    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_texts[-8:]))
+    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     return {"shards": shards, "tokenizer": str(tokenizer_dir), "target": str(target)}
+
+
+@pytest.fixture(scope="module")
+def pipeline_inputs(tmp_path_factory, tiny_shard, tokenizer_dir, corpus_texts):
+    folder = tmp_path_factory.mktemp("pipeline_inputs")
+    return make_inputs(folder, tiny_shard, tokenizer_dir, corpus_texts[-8:], num_shards=2)
 
 
 def tiny_config(inputs, run_dir, **changes) -> PipelineConfig:
