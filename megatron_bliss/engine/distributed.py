@@ -83,16 +83,20 @@ def wait_for_rank0(ready: Path, failed: Path, what: str, poll_seconds: float = 2
     """Block until rank 0 has made ``ready``, or raise its one-line message from ``failed``.
 
     Polls the shared filesystem instead of waiting in a collective: a long rank-0 job (a
-    checkpoint conversion, an index build) must not outlast the process group's timeout.
+    checkpoint conversion, an index build) must not outlast the process group's timeout. The
+    interval starts at 50 ms and doubles up to ``poll_seconds``: a short wait ends at once, a long
+    one costs the filesystem one look per rank every ``poll_seconds``.
     """
     started = last_report = time.monotonic()
+    interval = min(0.05, poll_seconds)
     while not ready.exists():
         if failed.exists():
             raise InputError(failed.read_text().strip() or f"{what}: failed on rank 0")
         if time.monotonic() - last_report >= 60:
             last_report = time.monotonic()
             logger.info("waiting for rank 0: %s (%.0f s)", what, last_report - started)
-        time.sleep(poll_seconds)
+        time.sleep(interval)
+        interval = min(2 * interval, poll_seconds)
 
 
 @contextlib.contextmanager
