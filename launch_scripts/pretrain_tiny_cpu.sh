@@ -9,6 +9,7 @@
 # Variables: RUN_DIR, DATA_PREFIX, TOKENIZER, EXTRA="k=v ...", EXPORT=0/1, NPROC_PER_NODE,
 #            NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE,
 #            SELECT=METHOD|none (run the config's selection: recipe, or plain pretraining).
+#            SELECTIONS_FROM=RUN_DIR (train every round on that run's selections).
 NPROC_DEFAULT=2 THREADS_DEFAULT=1
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 source "$(dirname "$0")/launch_common.sh" "$@"   # execs torchrun / the deepspeed launcher

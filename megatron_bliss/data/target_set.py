@@ -133,10 +133,14 @@ class TargetSet:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def width(self, indices) -> int:
+        """The padded length of ``batch(indices)``."""
+        return max(len(self.examples[int(i)].input_ids) for i in indices)
+
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``(input_ids, labels)``; labels are already aligned to inputs (HF style)."""
         chosen = [self.examples[int(i)] for i in indices]
-        width = max(len(e.input_ids) for e in chosen)
+        width = self.width(indices)
         input_ids = torch.full((len(chosen), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(chosen), width), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(chosen):

@@ -104,6 +104,14 @@ class PipelineConfig:
     decay_steps: int = 0
     """When > 0, each round's checkpoint gets a separate decay run of this many steps, which is
     what gets evaluated (the paper's 200-step decay); training continues from the undecayed one."""
+    group_size: int | None = None
+    """In a multi-rank job: the ranks that train the selector (methods that can, e.g. BLISS; the
+    first ``group_size`` ranks, ``selection/group.py``); none: the ranks of one node. Every rank
+    scores. Sets ``select.group_size`` of every round."""
+    selections_from: str | None = None
+    """Another run's directory: every round trains on that run's selection of the round instead
+    of selecting (``SELECTIONS_FROM`` of the launch scripts; the paper trains its 2.8B model on
+    what the 1B setting selected). The shards are the ones its selections index."""
     reuse_warmup: str | None = None
     """round_0 of another pipeline run with the same warm-up config (equal-start comparisons)."""
     pretrain: dict[str, Any] = field(default_factory=dict)
@@ -132,7 +140,9 @@ class PipelineConfig:
 
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None):
-    config = load_config(PipelineConfig, path, overrides)
+    from megatron_bliss.pipeline.selections_from import with_source_shards
+
+    config = with_source_shards(load_config(PipelineConfig, path, overrides), str(path or "config"))
     check_pipeline_config(config, str(path or "config"))
     return config
 

@@ -21,7 +21,7 @@ def check_stage_sections(config: PipelineConfig, where: str) -> None:
     from megatron_bliss.selection.registry import get_selector_class
 
     select = select_stage_config(config, 1, None, where=f"{where}: select")
-    if config.rounds() > 0:
+    if config.rounds() > 0 and not config.selections_from:  # else no selector runs here
         select.method_config(config.method)
         if get_selector_class(config.method).needs_target_set and not config.target_data:
             raise ConfigError(f"{where}: method '{config.method}' needs a target set (target_data)")

@@ -15,7 +15,10 @@ stage sets itself. Without ``shards`` (and ``prepare.corpus``) ``data.prefix`` i
 on rank 0, into ``num_rounds + 1`` shards under ``RUN_DIR/data/`` (shard 0: the warm-up's).
 
 ``SELECT=METHOD`` enables the recipe with that method, ``SELECT=none`` disables it; unset, the
-section's ``enabled`` decides. ``SELECTIONS_FROM`` is not read yet.
+section's ``enabled`` decides. ``SELECTIONS_FROM=RUN_DIR`` (the section's ``selections_from``)
+enables it too: every round trains on that run's selection of the round (its method is the
+recipe's unless ``SELECT`` names one), on the shards those selections index
+(``pipeline/selections_from.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from megatron_bliss.engine.config import RECIPE_SECTION
 from megatron_bliss.errors import ConfigError, UserError
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig, check_pipeline_config
+from megatron_bliss.pipeline.selections_from import with_source_shards
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ def wanted_method(section: dict[str, Any], select: str | None) -> str | None:
     if select is not None and select.strip():
         choice = select.strip()
         return None if choice.lower() == "none" else choice
+    if section and section.get("selections_from"):
+        return _method_of_run(section["selections_from"]) or section.get("method", "bliss")
     if not section or not section.get("enabled", False):
         return None
     return section.get("method", "bliss")
@@ -79,6 +85,7 @@ def recipe_config(pretrain: dict[str, Any], method: str, where: str = "config") 
     values["run_dir"] = run_dir_of(pretrain)
     values["pretrain"] = merge(_pretrain_part(pretrain), stages)
     config = from_dict(PipelineConfig, values, where=f"{where}: {RECIPE_SECTION}")
+    config = with_source_shards(config, f"{where}: {RECIPE_SECTION}")
     check_pipeline_config(config, f"{where}: {RECIPE_SECTION}")
     return config
 
@@ -87,7 +94,8 @@ def needs_split(pretrain: dict[str, Any]) -> bool:
     """True when the recipe makes its shards from ``data.prefix`` (neither ``shards`` nor
     ``prepare.corpus`` given)."""
     section = pretrain.get(RECIPE_SECTION) or {}
-    return not section.get("shards") and not (section.get("prepare") or {}).get("corpus")
+    given = section.get("shards") or (section.get("prepare") or {}).get("corpus")
+    return not given and not section.get("selections_from")
 
 
 def split_for_rounds(pretrain: dict[str, Any], where: str = "config") -> list[str]:
@@ -118,6 +126,9 @@ def run_recipe(config_path: str, overrides: list[str]) -> int | None:
     Errors end in one line, as ``megatron-bliss`` commands do."""
     try:
         pretrain = merge(read_yaml(config_path), parse_overrides(overrides))
+        if os.environ.get("SELECTIONS_FROM"):
+            source = os.environ["SELECTIONS_FROM"]
+            pretrain = merge(pretrain, {RECIPE_SECTION: {"selections_from": source}})
         method = wanted_method(pretrain.get(RECIPE_SECTION) or {}, os.environ.get("SELECT"))
         if method is None:
             return None
@@ -177,3 +188,9 @@ def _pop(values: dict[str, Any], path: tuple[str, ...]) -> None:
         if not isinstance(values, dict):
             return
     values.pop(last, None)
+
+
+def _method_of_run(run_dir: str) -> str | None:
+    """The method a pipeline run selected with (its ``config.yaml``), None when unknown."""
+    path = Path(run_dir) / "config.yaml"
+    return read_yaml(path).get("method") if path.exists() else None

@@ -115,11 +115,16 @@ class Pipeline:
             "seed": c.seed, "seq_length": c.seq_length, "pretrain": c.pretrain,
             "tokenizer": c.tokenizer,
         }  # fmt: skip
+        if c.selections_from:
+            inputs["selections_from"] = c.selections_from
         select = StageMarker(round_dir, "select", inputs)
         with self.world.stage("round 0 select"):
             if not self._done(select):
                 self._before(0, "select")
-                self.world.write(lambda: self._random_warmup_selection(round_dir, select))
+                if c.selections_from:
+                    self.world.write(lambda: select.complete(self._copied_selection(0)))
+                else:
+                    self.world.write(lambda: self._random_warmup_selection(round_dir, select))
         train = self._train(0, select.hash, c.warmup_steps, lr_multiplier=1.0, load=None)
         return self._finish_round(0, train, selection_flops={})
 
@@ -143,6 +148,8 @@ class Pipeline:
             "seed": c.seed + r, "target_data": c.target_data, "format": c.target_format,
             "target": previous["train_hash"],
         }  # fmt: skip
+        if c.selections_from:
+            inputs["selections_from"] = c.selections_from
         select = StageMarker(round_dir, "select", inputs)
         with self.world.stage(f"round {r} select"):
             if not self._done(select):
@@ -179,10 +186,18 @@ class Pipeline:
         A data-parallel selector runs on every rank, any other on rank 0 alone."""
         from megatron_bliss.selection.registry import get_selector_class
 
+        if self.config.selections_from:
+            return self.world.write(lambda: self._copied_selection(r))
         if get_selector_class(self.config.method).data_parallel:
             self._run_selector(r, previous)
             return self.world.write(lambda: self._keep_selection(r))
         return self.world.on_main(f"round {r} select", lambda: self._select_here(r, previous))
+
+    def _copied_selection(self, r: int) -> dict[str, Any]:
+        from megatron_bliss.pipeline.selections_from import copy_selection
+
+        logger.info("round %d: the selection of %s", r, self.config.selections_from)
+        return copy_selection(self.config.selections_from, r, self._round_dir(r))
 
     def _select_here(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
         self._run_selector(r, previous)

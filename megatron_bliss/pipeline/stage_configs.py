@@ -74,6 +74,8 @@ def select_stage_config(
     """Round ``r``'s SelectConfig: the shared settings plus what ``earlier`` rounds hand over
     (none: only what the configuration itself says, as the preflight checks it)."""
     shared = {"seq_length": config.seq_length, "fraction": config.fraction, "seed": config.seed + r}
+    if config.group_size is not None:
+        shared["group_size"] = config.group_size
     values = merge(config.select, shared)
     if earlier is not None:
         carry = get_selector_class(config.method).carry_over(method_section(config), earlier)

@@ -85,6 +85,9 @@ class Selector(ABC):
     """True when ``fit``/``score`` run collectives over the default process group, so every rank
     of a multi-rank job must call them (BLISS's bilevel loop, pool scoring); False: rank 0 runs
     the method while the other ranks wait."""
+    trains_on_group: bool = False
+    """True when ``fit`` may run on a sub-group of a data-parallel job (``group_size``, see
+    ``group.py``): ``fitted_state`` then hands what it made to the other ranks, which score."""
     shared_outputs: tuple[str, ...] = ()
     """Folders that ``fit`` writes under the run directory for later rounds to reuse: a pipeline
     keeps the first round's copy in its own run directory."""
@@ -131,6 +134,14 @@ class Selector(ABC):
 
     def fit(self) -> None:  # noqa: B027 - methods without training (random) keep the default
         """Train whatever the method needs (proxies, score models, statistics)."""
+
+    def fitted_state(self) -> Any:
+        """What ``score`` needs from ``fit``, picklable (``trains_on_group`` methods)."""
+        raise NotImplementedError(f"{self.name} does not train on a sub-group")
+
+    def load_fitted_state(self, fitted: Any) -> None:
+        """Take ``fitted_state`` of the group's rank 0 instead of running ``fit``."""
+        raise NotImplementedError(f"{self.name} does not train on a sub-group")
 
     @abstractmethod
     def score(self) -> np.ndarray:

@@ -168,6 +168,7 @@ class BlissSelector(Selector):
 
     shared_outputs = ("proxy_warmup",)  # the warm-up proxy: every round resets to it
     data_parallel = True  # the bilevel loop and the pool scoring all-reduce over the ranks
+    trains_on_group = True  # the bilevel loop may run on a sub-group (fitted_state)
 
     @classmethod
     def carry_over(cls, config, earlier: EarlierRounds) -> dict:
@@ -234,7 +235,8 @@ class BlissSelector(Selector):
             device=device,
             desc="proxy warm-up",
         )
-        self.spend("training", proxy, trained * self.context.pool.seq_length, "train")
+        if hg.rank() == 0:  # every rank trains the same replica: counted once
+            self.spend("training", proxy, trained * self.context.pool.seq_length, "train")
         self.seconds["warmup"] += time.perf_counter() - start
         broadcast_parameters(proxy)
         if hg.rank() == 0:
@@ -265,6 +267,16 @@ class BlissSelector(Selector):
         self.proxy = copy.deepcopy(warm_proxy).train()
         del warm_proxy
         self._train()
+        training = torch.tensor([self.flops["training"]], dtype=torch.float64)
+        self.flops["training"] = float(hg.all_reduce_sum([training])[0])  # ranks spent shares
+
+    def fitted_state(self) -> ScoreModel:
+        """The trained score model (the whole module, buffers included), for the ranks outside
+        the selection group: they score with it."""
+        return copy.deepcopy(self.score_model).cpu()
+
+    def load_fitted_state(self, fitted: ScoreModel) -> None:
+        self.score_model = fitted.to(self.context.device)
 
     def _optimizer(self, model: torch.nn.Module, lr: float):
         c = self.config
@@ -387,7 +399,8 @@ class BlissSelector(Selector):
         grads = torch.autograd.grad(loss_sum / max(total, 1.0), params, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
         loss = hg.all_reduce_sum([loss_sum.detach().reshape(1)])[0].item() / max(total, 1.0)
-        self.spend("training", self.proxy, input_ids.numel(), "train", input_ids.shape[1])
+        width = self.context.target_set.width(indices)  # the global batch's: as 1 rank counts
+        self.spend("training", self.proxy, len(input_ids) * width, "train", width)
         return hg.all_reduce_sum(grads), loss
 
     def _upper_step(self, sampler, direction: Direction, optimizer) -> dict:
@@ -542,8 +555,10 @@ class BlissSelector(Selector):
             "forward",
             lm_head=False,
         )
-        if self.config.diagnostic_sequences > 0:
+        if self.config.diagnostic_sequences > 0 and self.proxy is not None:  # ranks that fit
+            spent = dict(self.flops)  # instrumentation, not the method's cost
             self.diagnostics = self._diagnose(scores)
+            self.flops = spent
         return scores
 
     def summary(self) -> dict:
@@ -624,9 +639,10 @@ def reduce_gradients(model: torch.nn.Module) -> None:
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank of the group."""
     if hg.world_size() == 1:
         return
     import torch.distributed as dist
 
     for tensor in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(tensor.data, src=0)
+        dist.broadcast(tensor.data, src=0, group=hg.group_handle())

@@ -50,6 +50,10 @@ class SelectConfig:
     fraction: float = 0.2
     seed: int = 0
     gumbel_temperature: float = 0.0
+    group_size: int | None = None
+    """Ranks that train the selector in a multi-rank job (methods with ``trains_on_group``; the
+    first ``group_size`` ranks, ``selection/group.py``); none: the ranks of one node. Every rank
+    scores."""
     methods: dict[str, Any] = field(default_factory=dict)
     """Typed Config of each method section given (YAML: a top-level key per method)."""
 

@@ -22,7 +22,8 @@ Two identities make this cheap and exact:
   the step at 0.1% of the parameter norm it matches the float64 JVP to ~3e-4 relative on a warm
   tiny LM), or forward-mode AD (``jvp_sample_dots``: exact, ~3-4 forwards on CPU).
 
-Distributed use: every rank holds a slice of the global batch. ``LowerGraph`` reduces gradients
+Distributed use: every rank of the selection group (``group.py``: the job, or its first
+``group_size`` ranks) holds a slice of the global batch. ``LowerGraph`` reduces gradients
 and Hessian-vector products with a SUM over ranks (each rank's loss is its share of the global
 loss), so the solver sees the global operator; scores and ``c`` are all-gathered for the softmax.
 """
@@ -35,27 +36,29 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_bliss.engine.distributed import rank, world_size  # also hg.rank(), hg.world_size()
+from megatron_bliss.engine.distributed import rank  # also hg.rank(): a member's is its global rank
+from megatron_bliss.selection.group import group_handle
+from megatron_bliss.selection.group import group_world_size as world_size  # also hg.world_size()
 
 Tensors = list[torch.Tensor]
 
 
 def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Tensors:
-    """Sum each tensor over ranks (in place on a flat copy; returns the reduced tensors)."""
+    """Sum each tensor over the group's ranks (on a flat copy; returns the reduced tensors)."""
     tensors = list(tensors)
     if world_size() == 1 or not tensors:
         return tensors
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group_handle())
     return [piece.view_as(t) for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def all_gather_cat(local: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor over ranks in rank order (no gradient flows through)."""
+    """Concatenate a 1-D tensor over the group's ranks in rank order (no gradient flows)."""
     if world_size() == 1:
         return local.detach()
     pieces = [torch.empty_like(local) for _ in range(world_size())]
-    dist.all_gather(pieces, local.detach().contiguous())
+    dist.all_gather(pieces, local.detach().contiguous(), group=group_handle())
     return torch.cat(pieces)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from megatron_bliss.engine.distributed import rank
+from megatron_bliss.engine.distributed import rank, world_size
 from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.selection.config import SelectConfig, load_select_config, with_overrides
 from megatron_bliss.selection.registry import get_selector_class
@@ -200,13 +200,31 @@ def _write_resolved(run_dir, config, method, selector_config, data_prefix, targe
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
 
+def _fit_and_score(selector, config: SelectConfig, method: str, run_dir: Path):
+    """``fit`` on the selection group (the job, or its first ``group_size`` ranks for methods
+    that can), then ``score`` on every rank; (scores, group)."""
+    from megatron_bliss.selection.group import SelectionGroup, fit_on_group, make_group
+
+    if type(selector).trains_on_group:
+        group = make_group(config.group_size, "group_size")
+    else:  # all ranks, or rank 0 alone for a method that is not data-parallel
+        group = SelectionGroup(world_size() if selector.data_parallel else 1)
+    if not group.is_job:
+        logger.info(
+            "%s: trains on ranks 0-%d, scores on all %d", method, group.size - 1, world_size()
+        )
+    fit_on_group(selector, group, run_dir)
+    with group.active():
+        return np.asarray(selector.score(), dtype=np.float32), group
+
+
 def _fit_score_select(selector, config: SelectConfig, method, data_prefix, run_dir: Path):
     from megatron_bliss.selection.rule import select_top_fraction, write_selection
 
     pool = selector.context.pool
     start = time.perf_counter()
-    selector.fit()
-    scores = np.asarray(selector.score(), dtype=np.float32)
+    scores, group = _fit_and_score(selector, config, method, run_dir)
+    scoring_ranks = world_size() if selector.data_parallel else 1
     if scores.shape != (len(pool),):
         raise RuntimeError(f"{method}: scored {scores.shape} for a pool of {len(pool)} sequences")
     seconds = time.perf_counter() - start
@@ -220,6 +238,7 @@ def _fit_score_select(selector, config: SelectConfig, method, data_prefix, run_d
             extra={
                 "flops": selector.total_flops, "flops_by_kind": dict(selector.flops),
                 "seconds": round(seconds, 2), **selector.summary(),
+                "ranks": {"training": group.size, "scoring": scoring_ranks},
             },
         )  # fmt: skip
     logger.info("%s: kept %d of %d sequences in %.1fs", method, len(selection), len(pool), seconds)

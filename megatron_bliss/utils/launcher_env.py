@@ -33,6 +33,16 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK") or _slurm("SLURM_LOCALID") or 0)
 
 
+def local_world_size() -> int:
+    """Processes on this node: torchrun's ``LOCAL_WORLD_SIZE``, the deepspeed launcher's
+    ``LOCAL_SIZE``, srun's tasks per node; else the whole world (one node)."""
+    found = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
+    if not found and _slurm("SLURM_NTASKS") is not None:
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")
+        found = per_node.split("(")[0].split(",")[0] or None
+    return int(found or launched_world_size())
+
+
 def export_slurm_variables() -> None:
     """Under ``srun``, set torch's variables from SLURM's (``MASTER_ADDR``: the first node)."""
     if _slurm("SLURM_PROCID") is None:

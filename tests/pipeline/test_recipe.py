@@ -81,3 +81,22 @@ def test_shipped_pretrain_configs_keep_plain_pretraining_and_map_their_recipe(na
     assert config.method == "bliss" and config.fraction == 0.2 and config.lr_round_factor == 0.5
     if name != "tiny_cpu":  # the paper's recipe: 5 shards, the warm-up's and 4 rounds
         assert len(config.shards) == 5 and config.rounds() == 4
+
+
+def test_selections_from_enables_the_recipe_with_the_source_runs_method_and_shards(tmp_path):
+    import json
+
+    source = tmp_path / "source"
+    (source / "config.yaml").parent.mkdir()
+    (source / "config.yaml").write_text("method: dsir\n")
+    for r in range(3):
+        (source / f"round_{r}").mkdir()
+        meta = {"seq_length": 32, "data_prefix": f"src/shard{r}", "num_selected": 1}
+        (source / f"round_{r}" / "selection.json").write_text(json.dumps(meta))
+    section = {"enabled": False, "method": "bliss", "selections_from": str(source)}
+    assert wanted_method(section, None) == "dsir"
+    assert wanted_method(section, "none") is None  # SELECT=none still means plain pretraining
+    pretrain = pretrain_yaml(**section, num_rounds=2)
+    del pretrain["selection"]["shards"]
+    config = recipe_config(pretrain, "dsir")
+    assert config.shards == ["src/shard0", "src/shard1", "src/shard2"]

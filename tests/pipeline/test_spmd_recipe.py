@@ -28,7 +28,15 @@ WORKER = Path(__file__).with_name("recipe_worker.py")
 EVAL = {"limit": 2, "last_round_only": True}
 
 
-def write_pretrain_yaml(path: Path, run_dir: Path, shard: str, tokenizer: str, target: Path):
+TINY_BLISS = {
+    "proxy_preset": "pythia-tiny", "proxy_warmup_steps": 2, "outer_steps": 2, "batch_size": 4,
+    "target_batch_size": 4, "upper_batch_size": 4, "score_batch_size": 16,
+}  # fmt: skip
+
+
+def write_pretrain_yaml(
+    path: Path, run_dir: Path, shard: str, tokenizer: str, target: Path, **selection
+):
     values = {
         "run_dir": str(run_dir),
         "model": {"preset": "pythia-tiny"},
@@ -47,10 +55,16 @@ def write_pretrain_yaml(path: Path, run_dir: Path, shard: str, tokenizer: str, t
             "round_steps": 3,
             "fraction": 0.25,
             "target_data": str(target),
-            "select": {"target_preset": "pythia-tiny", "target_max_length": 32, "device": "cpu"},
+            "select": {
+                "target_preset": "pythia-tiny",
+                "target_max_length": 32,
+                "device": "cpu",
+                "bliss": TINY_BLISS,
+            },
             "eval": {"tasks": [], "task_data": None, "ppl_data": str(target), **EVAL},
         },
     }
+    values["selection"].update(selection)
     path.write_text(yaml.safe_dump(values, sort_keys=False))
 
 

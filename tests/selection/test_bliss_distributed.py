@@ -1,4 +1,6 @@
-"""2 ranks (gloo, mp.spawn) give the same BLISS results as 1 rank on the same global batch.
+"""2 ranks (gloo, mp.spawn) give the same BLISS results as 1 rank on the same global batch, with
+both ranks training (the group is the job) or rank 0 alone (``group_size: 1``, rank 1 only
+scores), and count the FLOPs of 1 rank.
 
 float64 so that the only difference, the order of floating-point sums, stays near 1e-12.
 """
@@ -25,7 +27,9 @@ def _settings():
     )  # fmt: skip
 
 
-def run_bliss(shard: str, tokenizer_dir: str, target_jsonl: str, run_dir: str) -> dict:
+def run_bliss(
+    shard: str, tokenizer_dir: str, target_jsonl: str, run_dir: str, group_size: int | None = None
+) -> dict:
     from transformers import AutoTokenizer
 
     from megatron_bliss.data.pool import SequencePool
@@ -33,6 +37,7 @@ def run_bliss(shard: str, tokenizer_dir: str, target_jsonl: str, run_dir: str) -
     from megatron_bliss.models.presets import build_model
     from megatron_bliss.selection.base import SelectionContext
     from megatron_bliss.selection.bliss import BlissSelector
+    from megatron_bliss.selection.group import fit_on_group, make_group
     from megatron_bliss.selection.proxy import freeze
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -54,19 +59,25 @@ def run_bliss(shard: str, tokenizer_dir: str, target_jsonl: str, run_dir: str) -
         return model
 
     selector.prepare_score_model = recording
-    selector.fit()
-    scores = selector.score()
+    group = make_group(group_size or 2)  # a world of 1 makes a group of 1
+    fit_on_group(selector, group, context.run_dir)
+    with group.active():
+        scores = selector.score()
     state = {k: v.detach().clone() for k, v in selector.score_model.state_dict().items()}
-    return {"state": state, "initial": initial, "history": selector.history, "scores": scores}
+    return {
+        "state": state, "initial": initial, "history": selector.history, "scores": scores,
+        "flops": dict(selector.flops),
+    }  # fmt: skip
 
 
-def _worker(rank: int, port: int, args: tuple, out_dir: str) -> None:
+def _worker(rank: int, port: int, args: tuple, out_dir: str, group_size: int) -> None:
     os.environ.update(OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
     )
-    result = run_bliss(*args, run_dir=os.path.join(out_dir, f"rank{rank}"))
+    run_dir = os.path.join(out_dir, "shared" if group_size == 1 else f"rank{rank}")
+    result = run_bliss(*args, run_dir=run_dir, group_size=group_size)
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
         pickle.dump(result, handle)
     torch.distributed.barrier()
@@ -79,17 +90,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_ranks_equal_one_rank(tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl):
-    args = (tiny_shard, str(tokenizer_dir), str(corpus_jsonl))
+@pytest.fixture(scope="module")
+def single_rank(tmp_path_factory, tiny_shard, tokenizer_dir, corpus_jsonl) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: AdamW turns sum-order noise in ~0 gradients into
     try:  # lr-sized steps, so multi-threaded matmuls here would differ by more than 1e-9
-        single = run_bliss(*args, run_dir=str(tmp_path / "single"))
+        run_dir = tmp_path_factory.mktemp("single")
+        return run_bliss(tiny_shard, str(tokenizer_dir), str(corpus_jsonl), run_dir=str(run_dir))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group_size", [2, 1])
+def test_two_ranks_equal_one_rank(
+    single_rank, tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl, group_size
+):
+    single = single_rank
+    args = (tiny_shard, str(tokenizer_dir), str(corpus_jsonl))
     torch.multiprocessing.spawn(
-        _worker, args=(_free_port(), args, str(tmp_path)), nprocs=2, join=True
+        _worker, args=(_free_port(), args, str(tmp_path), group_size), nprocs=2, join=True
     )
     for rank in range(2):
         with open(tmp_path / f"rank{rank}.pkl", "rb") as handle:
@@ -97,9 +117,13 @@ def test_two_ranks_equal_one_rank(tmp_path, tiny_shard, tokenizer_dir, corpus_js
         for name, tensor in single["state"].items():
             torch.testing.assert_close(double["state"][name], tensor, rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(double["scores"], single["scores"], rtol=1e-6)
+        trained = rank < group_size
+        assert len(double["history"]) == (len(single["history"]) if trained else 0)
         for one, two in zip(single["history"], double["history"]):
             for key in ("target_loss", "lower_loss", "score_std", "dots_mean", "residual"):
                 assert two[key] == pytest.approx(one[key], rel=1e-8, abs=1e-12), key
+        if trained:  # every member counts the group's selector training, as one rank does
+            assert double["flops"] == pytest.approx(single["flops"], rel=1e-12)
     moved = max(
         (tensor - single["initial"][name].to(tensor.dtype)).abs().max().item()
         for name, tensor in single["state"].items()
