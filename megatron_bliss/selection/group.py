@@ -73,11 +73,6 @@ def make_group(group_size: int | None, where: str = "group_size") -> SelectionGr
     return SelectionGroup(size, dist.new_group(list(range(size))))
 
 
-def current() -> SelectionGroup | None:
-    """The active group (None: the whole job)."""
-    return _ACTIVE
-
-
 def group_world_size() -> int:
     return _ACTIVE.size if _ACTIVE is not None else distributed.world_size()
 
@@ -93,24 +88,19 @@ def fit_on_group(selector, group: SelectionGroup, sync_dir: Path) -> None:
         selector.fit()
         return
     ready, failed = sync_dir / ".fit.done", sync_dir / ".fit.failed"
-    if distributed.rank() == 0:
+    job = distributed.DistributedContext(distributed.rank(), distributed.world_size())
+    if job.is_main:
         sync_dir.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
-        failed.unlink(missing_ok=True)
-    dist.barrier()  # nobody reads a file an earlier attempt left
-    if group.is_member:
-        try:
+    with distributed.rank0_failure_note(failed, job):  # clears an earlier note, then a barrier
+        if group.is_member:
             with group.active():
                 selector.fit()
-        except Exception as error:
-            if distributed.rank() == 0:
-                failed.write_text(f"selector training: {error}".replace("\n", " ") + "\n")
-            raise
-        if distributed.rank() == 0:
-            ready.write_text("ok\n")
-    else:
-        distributed.wait_for_rank0(ready, failed, "selector training on the selection group")
-    state = [selector.fitted_state() if distributed.rank() == 0 else None]
+            if job.is_main:
+                ready.write_text("ok\n")
+        else:
+            distributed.wait_for_rank0(ready, failed, "selector training on the selection group")
+    state = [selector.fitted_state() if job.is_main else None]
     dist.broadcast_object_list(state, src=0)
     if not group.is_member:
         selector.load_fitted_state(state[0])

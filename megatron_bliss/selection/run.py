@@ -202,20 +202,21 @@ def _write_resolved(run_dir, config, method, selector_config, data_prefix, targe
 
 def _fit_and_score(selector, config: SelectConfig, method: str, run_dir: Path):
     """``fit`` on the selection group (the job, or its first ``group_size`` ranks for methods
-    that can), then ``score`` on every rank; (scores, group)."""
+    that can), then ``score`` on the scoring ranks (every rank, or rank 0 alone for a method
+    that is not data-parallel); (scores, {"training": ranks, "scoring": ranks})."""
     from megatron_bliss.selection.group import SelectionGroup, fit_on_group, make_group
 
+    scoring = world_size() if selector.data_parallel else 1
     if type(selector).trains_on_group:
-        group = make_group(config.group_size, "group_size")
-    else:  # all ranks, or rank 0 alone for a method that is not data-parallel
-        group = SelectionGroup(world_size() if selector.data_parallel else 1)
+        group = make_group(config.group_size)
+    else:
+        group = SelectionGroup(scoring)
     if not group.is_job:
-        logger.info(
-            "%s: trains on ranks 0-%d, scores on all %d", method, group.size - 1, world_size()
-        )
+        logger.info("%s: trains on ranks 0-%d, scores on all %d", method, group.size - 1, scoring)
     fit_on_group(selector, group, run_dir)
     with group.active():
-        return np.asarray(selector.score(), dtype=np.float32), group
+        scores = np.asarray(selector.score(), dtype=np.float32)
+    return scores, {"training": group.size, "scoring": scoring}
 
 
 def _fit_score_select(selector, config: SelectConfig, method, data_prefix, run_dir: Path):
@@ -223,8 +224,7 @@ def _fit_score_select(selector, config: SelectConfig, method, data_prefix, run_d
 
     pool = selector.context.pool
     start = time.perf_counter()
-    scores, group = _fit_and_score(selector, config, method, run_dir)
-    scoring_ranks = world_size() if selector.data_parallel else 1
+    scores, ranks = _fit_and_score(selector, config, method, run_dir)
     if scores.shape != (len(pool),):
         raise RuntimeError(f"{method}: scored {scores.shape} for a pool of {len(pool)} sequences")
     seconds = time.perf_counter() - start
@@ -238,7 +238,7 @@ def _fit_score_select(selector, config: SelectConfig, method, data_prefix, run_d
             extra={
                 "flops": selector.total_flops, "flops_by_kind": dict(selector.flops),
                 "seconds": round(seconds, 2), **selector.summary(),
-                "ranks": {"training": group.size, "scoring": scoring_ranks},
+                "ranks": ranks,
             },
         )  # fmt: skip
     logger.info("%s: kept %d of %d sequences in %.1fs", method, len(selection), len(pool), seconds)
