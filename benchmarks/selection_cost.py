@@ -120,7 +120,7 @@ def outer_step_cost(
     """Seconds of one outer step vs one plain proxy training step, both on ``batch`` sequences."""
     import copy
 
-    from megatron_bliss.selection.proxy import lm_logits, pool_batch, sequence_ce
+    from megatron_bliss.selection.proxy import pool_batch, sequence_losses
 
     config = selector.config
     upper = upper or batch
@@ -135,8 +135,8 @@ def outer_step_cost(
     optimizer = torch.optim.AdamW(proxy.parameters(), lr=1e-4)
     tokens = pool_batch(selector.context.pool, np.arange(batch), selector.context.device)
 
-    def plain_step():
-        loss = sequence_ce(lm_logits(proxy, tokens), tokens).mean()
+    def plain_step():  # the engine's loss: the LM head fused into the cross-entropy
+        loss = sequence_losses(proxy, tokens).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(proxy.parameters(), 1.0)
@@ -153,11 +153,7 @@ def _flat(tensors) -> torch.Tensor:
 
 def hypergradient_cost(selector: BlissSelector, batch: int, repeats: int) -> dict:
     """This project's hypergradient against the authors' per-sample loop, same z, same batch."""
-    from megatron_bliss.selection.hypergrad import (
-        explicit_hypergradient,
-        fd_sample_dots,
-        surrogate_loss,
-    )
+    from megatron_bliss.selection.hypergrad import explicit_hypergradient, surrogate_loss
     from megatron_bliss.selection.proxy import lm_logits, pool_batch, sequence_ce
 
     proxy, score_model = selector.proxy, selector.score_model
@@ -168,7 +164,7 @@ def hypergradient_cost(selector: BlissSelector, batch: int, repeats: int) -> dic
 
     def batched():
         scores = score_model(tokens[:, :-1])
-        dots = fd_sample_dots(proxy, lambda m: sequence_ce(lm_logits(m, tokens), tokens), z)
+        dots = selector.alignment(tokens, z)  # what the outer step runs (fd, fused loss)
         return _flat(torch.autograd.grad(surrogate_loss(scores, dots), score_params))
 
     def per_sample():

@@ -36,8 +36,11 @@ from torch.autograd.function import once_differentiable
 
 RowHead = Callable[[torch.Tensor, int, int, torch.Tensor | None], torch.Tensor]
 
-# Elements of one fp32 logits chunk: 2**26 floats = 256 MiB (1334 rows at V = 50304).
+# Elements of one fp32 logits chunk: 2**26 floats = 256 MiB (1334 rows at V = 50304) on GPUs.
+# On CPUs a chunk that stays in cache is what pays: 2**21 floats (8 MiB, 512 rows at V = 4096)
+# made a 2048 x 4096 cross-entropy forward 2.5x faster than one whole-batch chunk (2 cores).
 DEFAULT_CHUNK_ELEMENTS = 2**26
+CPU_CHUNK_ELEMENTS = 2**21
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -46,14 +49,19 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def default_chunk_rows(num_rows: int, vocab_size: int) -> int:
-    """Rows per chunk so that one fp32 logits chunk holds about DEFAULT_CHUNK_ELEMENTS values."""
-    return max(1, min(max(num_rows, 1), DEFAULT_CHUNK_ELEMENTS // max(vocab_size, 1)))
+def default_chunk_rows(num_rows: int, vocab_size: int, device: torch.device | None = None) -> int:
+    """Rows per chunk so that one fp32 logits chunk holds about DEFAULT_CHUNK_ELEMENTS values
+    (CPU_CHUNK_ELEMENTS on a CPU)."""
+    cpu = device is not None and torch.device(device).type == "cpu"
+    elements = CPU_CHUNK_ELEMENTS if cpu else DEFAULT_CHUNK_ELEMENTS
+    return max(1, min(max(num_rows, 1), elements // max(vocab_size, 1)))
 
 
-def resolve_chunk_rows(chunk_size: int | None, num_rows: int, vocab_size: int) -> int:
+def resolve_chunk_rows(
+    chunk_size: int | None, num_rows: int, vocab_size: int, device: torch.device | None = None
+) -> int:
     if chunk_size is None:
-        return default_chunk_rows(num_rows, vocab_size)
+        return default_chunk_rows(num_rows, vocab_size, device)
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     return int(chunk_size)

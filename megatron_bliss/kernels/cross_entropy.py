@@ -37,21 +37,21 @@ def torch_cross_entropy_rows(
 ) -> torch.Tensor:
     """Per-row CE of a logits chunk; when ``row_scale`` is given, logits become its scaled gradient.
 
-    ``loss = lse - (1 - eps) z_y - eps * mean_v z_v`` (the ``F.cross_entropy`` label smoothing),
+    ``loss = -(1 - eps) log p_y - eps * mean_v log p_v`` (``F.cross_entropy``'s label smoothing),
     ``grad = scale * (softmax(z) - (1 - eps) onehot(y) - eps / V)``; ignored rows get zeros.
     """
     valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)
-    lse = torch.logsumexp(logits, dim=-1)
-    loss = lse - (1.0 - label_smoothing) * logits.gather(1, safe_labels).squeeze(1)
+    log_probs = torch.log_softmax(logits, dim=-1)  # faster on CPU than logsumexp and a subtract
+    loss = -(1.0 - label_smoothing) * log_probs.gather(1, safe_labels).squeeze(1)
     if label_smoothing:
-        loss = loss - label_smoothing * logits.mean(dim=-1)
+        loss = loss - label_smoothing * log_probs.mean(dim=-1)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if row_scale is not None:
-        logits.sub_(lse.unsqueeze(1)).exp_()
+        torch.exp(log_probs, out=logits)
         if label_smoothing:
             logits.sub_(label_smoothing / logits.shape[1])
-        logits.scatter_add_(1, safe_labels, torch.full_like(lse, label_smoothing - 1.0)[:, None])
+        logits.scatter_add_(1, safe_labels, torch.full_like(loss, label_smoothing - 1.0)[:, None])
         logits.mul_(torch.where(valid, row_scale, torch.zeros_like(row_scale)).unsqueeze(1))
     return loss
 
@@ -153,7 +153,9 @@ def linear_cross_entropy(
             label_smoothing=label_smoothing,
         )
     head = CrossEntropyHead(labels, ignore_index, label_smoothing)
-    chunk_rows = chunked.resolve_chunk_rows(chunk_size, hidden.shape[0], weight.shape[0])
+    chunk_rows = chunked.resolve_chunk_rows(
+        chunk_size, hidden.shape[0], weight.shape[0], hidden.device
+    )
     if reduction == "none":
         return chunked.linear_row_losses(hidden, weight, bias, head, chunk_rows)
     acc = chunked.accumulation_dtype(hidden.dtype)
@@ -240,7 +242,9 @@ def weighted_sequence_cross_entropy(
     per_token = sequence_weights.to(acc).unsqueeze(1) / valid.sum(dim=1, keepdim=True).clamp(min=1)
     row_weights = (per_token * valid).reshape(-1)
     head = CrossEntropyHead(flat_labels, ignore_index, 0.0)
-    chunk_rows = chunked.resolve_chunk_rows(chunk_size, batch * length, weight.shape[0])
+    chunk_rows = chunked.resolve_chunk_rows(
+        chunk_size, batch * length, weight.shape[0], hidden.device
+    )
     return chunked.linear_weighted_loss(
         hidden.reshape(-1, width), weight, bias, row_weights, head, chunk_rows
     )

@@ -40,7 +40,7 @@ def torch_kl_rows(
     """
     log_p_target = torch.log_softmax(target_logits, dim=-1)
     p_target = log_p_target.exp()
-    log_p_proxy = proxy_logits.sub_(torch.logsumexp(proxy_logits, dim=-1, keepdim=True))
+    log_p_proxy = proxy_logits.copy_(torch.log_softmax(proxy_logits, dim=-1))
     loss = torch.einsum("ij,ij->i", p_target, log_p_target.sub_(log_p_proxy))
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if row_scale is not None:
@@ -192,7 +192,7 @@ def token_kl_divergence(
     valid = _flat_mask(mask, leading, proxy_logits.device, "token_kl_divergence")
     proxy = proxy_logits.reshape(-1, vocab)
     target = target_logits.detach().reshape(-1, vocab)
-    chunk_rows = chunked.resolve_chunk_rows(chunk_size, proxy.shape[0], vocab)
+    chunk_rows = chunked.resolve_chunk_rows(chunk_size, proxy.shape[0], vocab, proxy.device)
     if torch.is_grad_enabled() and proxy.requires_grad:
         rows = ChunkedLogitsKL.apply(proxy, target, valid, chunk_rows)
     else:
@@ -246,7 +246,9 @@ def linear_token_kl_divergence(
         return reference_token_kl_divergence(
             proxy_logits, target.reshape(proxy_logits.shape), mask, reduction=reduction
         )
-    chunk_rows = chunked.resolve_chunk_rows(chunk_size, hidden.shape[0], proxy_weight.shape[0])
+    chunk_rows = chunked.resolve_chunk_rows(
+        chunk_size, hidden.shape[0], proxy_weight.shape[0], hidden.device
+    )
     if reduction == "none":
         rows = chunked.linear_row_losses(hidden, proxy_weight, proxy_bias, head, chunk_rows)
         return rows.view(leading)

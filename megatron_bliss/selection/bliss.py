@@ -41,8 +41,10 @@ from megatron_bliss.selection.proxy import (
     sdpa_math,
     sequence_ce,
     sequence_kl,
+    sequence_losses,
     target_loss_sum,
     warmup_lm,
+    weighted_lower_loss,
 )
 from megatron_bliss.selection.score_model import ScoreModel, load_score_model
 from megatron_bliss.selection.scoring import score_pool
@@ -349,12 +351,17 @@ class BlissSelector(Selector):
         per_rank = len(indices) // hg.world_size()
         return indices[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
 
+    def _l2_share(self) -> torch.Tensor:
+        """This rank's share of the lower level's ``reg * ||theta_p||^2``."""
+        squares = sum((p**2).sum() for p in self.proxy.parameters())
+        return self.config.reg * squares / hg.world_size()
+
     def _lower_terms(self, tokens: torch.Tensor, global_batch: int):
-        """Per-sample CE (graph to the proxy) and this rank's share of the KL + L2 terms."""
+        """Per-sample CE and this rank's share of the KL + L2 terms, in plain autograd (the
+        graph of the Hessian-vector products; one backward takes ``weighted_lower_loss``)."""
         logits = lm_logits(self.proxy, tokens)
         ce = sequence_ce(logits, tokens)
-        extra = self.config.reg * sum((p**2).sum() for p in self.proxy.parameters())
-        extra = extra / hg.world_size()
+        extra = self._l2_share()
         if self.config.gamma > 0:
             with torch.no_grad():
                 target_logits = lm_logits(self.context.target_model, tokens)
@@ -373,8 +380,10 @@ class BlissSelector(Selector):
     def _lower_step(self, indices: np.ndarray, optimizer) -> float:
         tokens = pool_batch(self.context.pool, self._local(indices), self.context.device)
         weights = self._global_weights(tokens)
-        ce, extra = self._lower_terms(tokens, len(indices))
-        loss = (weights * ce).sum() + extra
+        teacher = self.context.target_model if self.config.gamma > 0 else None
+        kl_weight = self.config.gamma / len(indices)  # KL_i is a per-token mean; global batch
+        loss = weighted_lower_loss(self.proxy, tokens, weights, teacher, kl_weight)
+        loss = loss + self._l2_share()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         reduce_gradients(self.proxy)
@@ -440,7 +449,7 @@ class BlissSelector(Selector):
             "weighted_signal": float((weights * signal).sum()),
         }
 
-    def _alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+    def alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
         """``g_i . z`` of every row without a graph: finite differences or forward mode."""
         if self.config.dots == "jvp":
             with sdpa_math():
@@ -448,16 +457,14 @@ class BlissSelector(Selector):
                     self.proxy, {"input_ids": tokens[:, :-1]},
                     lambda out: sequence_ce(out.logits, tokens), z,
                 )  # fmt: skip
-        return hg.fd_sample_dots(
-            self.proxy, lambda model: sequence_ce(lm_logits(model, tokens), tokens), z
-        )
+        return hg.fd_sample_dots(self.proxy, lambda model: sequence_losses(model, tokens), z)
 
     def _sample_dots(self, tokens, global_scores, direction: Direction, grad_f):
         """``(c_i of this rank's rows, solver info, HVPs used)`` for z from ``direction``."""
         use_graph = self.config.dots == "graph" or direction.needs_hvp
         if not use_graph:
             z, info = direction(None, grad_f)
-            dots = self._alignment(tokens, z)
+            dots = self.alignment(tokens, z)
             self.spend(
                 "training",
                 self.proxy,
@@ -494,7 +501,7 @@ class BlissSelector(Selector):
         alignment, losses, norms = [], [], []
         for chunk in np.array_split(indices, max(1, count // 16)):
             tokens = pool_batch(self.context.pool, chunk, self.context.device)
-            alignment.append(self._alignment(tokens, z).cpu().numpy())
+            alignment.append(self.alignment(tokens, z).cpu().numpy())
             with sdpa_math():
                 loss, norm = per_sample_loss_and_gradient_norm(self.proxy, tokens)
             losses.append(loss)

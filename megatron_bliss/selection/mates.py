@@ -40,11 +40,8 @@ from megatron_bliss.data.target_set import TargetSet
 from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.models.presets import build_config, get_preset
 from megatron_bliss.selection.base import Selector
-from megatron_bliss.selection.perplexity import (
-    require_target_model,
-    sequence_losses,
-)
-from megatron_bliss.selection.proxy import target_loss_sum
+from megatron_bliss.selection.perplexity import require_target_model
+from megatron_bliss.selection.proxy import sequence_losses, target_loss_sum
 from megatron_bliss.selection.score_model import ScoreModel, build_backbone, load_score_model
 from megatron_bliss.selection.scoring import score_pool
 from megatron_bliss.utils.io import atomic_save_npy

@@ -6,7 +6,7 @@ perplexity-pruning literature (Marion et al. 2023; Ankner et al. 2024) finds mor
 extremes. Losses are per-sequence means of next-token cross-entropy over the pool's fixed-length
 sequences, computed in batches under ``torch.inference_mode``.
 
-The helpers here (``pool_losses``, ``sequence_losses``) are shared by the other baselines.
+``pool_losses`` here is shared by the other baselines.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from megatron_bliss.errors import ConfigError
-from megatron_bliss.kernels import sequence_cross_entropy
 from megatron_bliss.selection.base import Selector
+from megatron_bliss.selection.proxy import sequence_losses
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +32,6 @@ def require_target_model(context, method: str) -> torch.nn.Module:
     if context.target_model is None:
         raise ConfigError(f"{method}: needs a target model (--target-model or a config warm-up)")
     return context.target_model
-
-
-def sequence_losses(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of each row of ``tokens`` (shape ``[B, L + 1]``), float32.
-
-    The LM head is fused into the loss (``kernels.sequence_cross_entropy``), so the ``[B, L, V]``
-    logits of a 50k vocabulary never exist; gradients still reach every parameter (MATES probes).
-    """
-    hidden = model.base_model(input_ids=tokens[:, :-1]).last_hidden_state
-    head = model.get_output_embeddings()
-    bias = head.bias.to(hidden.dtype) if head.bias is not None else None
-    losses = sequence_cross_entropy(hidden, head.weight.to(hidden.dtype), tokens[:, 1:], bias=bias)
-    return losses.float()
 
 
 def pool_losses(

@@ -26,6 +26,12 @@ from tqdm.auto import tqdm
 from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.data.target_set import IGNORE_INDEX
 from megatron_bliss.errors import ConfigError, MissingFileError
+from megatron_bliss.kernels import (
+    linear_cross_entropy,
+    sequence_cross_entropy,
+    weighted_sequence_cross_entropy,
+)
+from megatron_bliss.kernels.distillation import linear_cross_entropy_with_kl
 from megatron_bliss.models.presets import build_model, get_preset
 
 logger = logging.getLogger(__name__)
@@ -94,17 +100,82 @@ def sequence_kl(proxy_logits: torch.Tensor, target_logits: torch.Tensor) -> torc
     return kl.mean(-1)
 
 
+def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The final normed hidden states ``[B, T, H]``, before the LM head."""
+    return model.base_model(input_ids=input_ids).last_hidden_state
+
+
+def output_head(model: torch.nn.Module, dtype: torch.dtype):
+    """``(weight, bias)`` of the LM head in ``dtype`` (for the fused losses of ``kernels``)."""
+    head = model.get_output_embeddings()
+    bias = head.bias.to(dtype) if head.bias is not None else None
+    return head.weight.to(dtype), bias
+
+
+def same_output_layer(model: torch.nn.Module, other: torch.nn.Module) -> bool:
+    """Whether ``other``'s LM head has ``model``'s vocabulary and, like the fused KL needs, no bias."""
+    head, other_head = model.get_output_embeddings(), other.get_output_embeddings()
+    return head.weight.shape[0] == other_head.weight.shape[0] and other_head.bias is None
+
+
+def sequence_losses(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of each row of ``tokens`` (shape ``[B, L + 1]``).
+
+    The LM head is fused into the loss (``kernels.sequence_cross_entropy``), so the ``[B, L, V]``
+    logits of a 50k vocabulary never exist; gradients still reach every parameter (MATES probes).
+    Half-precision models give float32 losses; float32/float64 keep their dtype.
+    """
+    hidden = hidden_states(model, tokens[:, :-1])
+    weight, bias = output_head(model, hidden.dtype)
+    return upcast(sequence_cross_entropy(hidden, weight, tokens[:, 1:], bias=bias))
+
+
+def weighted_lower_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    weights: torch.Tensor,
+    teacher: torch.nn.Module | None,
+    kl_weight: float,
+) -> torch.Tensor:
+    """``sum_i weights_i CE_i + kl_weight * sum_i KL_i`` of pool rows, ``KL_i`` the per-token mean
+    of KL(teacher || model) as in ``sequence_kl``, from one fused pass over the LM head
+    (``kernels.distillation``: logits never materialised, gradients made in the forward). The
+    weights get no gradient; for Hessian-vector products use ``sequence_ce`` / ``sequence_kl``."""
+    if teacher is not None and kl_weight != 0 and not same_output_layer(model, teacher):
+        logits = lm_logits(model, tokens)  # vocabularies padded differently: the common prefix
+        with torch.no_grad():
+            teacher_logits = lm_logits(teacher, tokens)
+        kl = sequence_kl(logits, teacher_logits)
+        return (weights.detach() * sequence_ce(logits, tokens)).sum() + kl_weight * kl.sum()
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    hidden = hidden_states(model, inputs)
+    weight, bias = output_head(model, hidden.dtype)
+    weights = weights.detach().to(hidden.dtype)
+    if teacher is None or kl_weight == 0:
+        return weighted_sequence_cross_entropy(hidden, weight, labels, weights, bias=bias)
+    with torch.no_grad():
+        teacher_hidden = hidden_states(teacher, inputs)
+    teacher_weight, _ = output_head(teacher, teacher_hidden.dtype)
+    batch, length, width = hidden.shape
+    ce_weights = (weights / length).repeat_interleave(length)
+    return linear_cross_entropy_with_kl(
+        hidden.reshape(-1, width), weight, labels.reshape(-1), ce_weights,
+        torch.full_like(ce_weights, kl_weight / length), bias=bias,
+        teacher_hidden=teacher_hidden.reshape(batch * length, -1), teacher_weight=teacher_weight,
+    )  # fmt: skip
+
+
 def target_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor):
-    """(sum of token losses, number of scored tokens) on a target-set batch (HF-aligned labels)."""
-    logits = model(input_ids=input_ids).logits[:, :-1]
-    shifted = labels[:, 1:]
-    loss = F.cross_entropy(
-        upcast(logits).reshape(-1, logits.shape[-1]),
-        shifted.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss, int((shifted != IGNORE_INDEX).sum())
+    """(sum of token losses, number of scored tokens) on a target-set batch (HF-aligned labels),
+    with the LM head fused into the loss (one backward; no double backward)."""
+    hidden = hidden_states(model, input_ids)[:, :-1]
+    shifted = labels[:, 1:].reshape(-1)
+    weight, bias = output_head(model, hidden.dtype)
+    loss = linear_cross_entropy(
+        hidden.reshape(-1, hidden.shape[-1]), weight, shifted, bias=bias,
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    )  # fmt: skip
+    return upcast(loss), int((shifted != IGNORE_INDEX).sum())
 
 
 def pool_batch(pool: SequencePool, indices, device: torch.device) -> torch.Tensor:

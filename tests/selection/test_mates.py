@@ -20,7 +20,7 @@ from megatron_bliss.selection.mates import (
     spearman,
     target_loss,
 )
-from megatron_bliss.selection.perplexity import sequence_losses
+from megatron_bliss.selection.proxy import sequence_losses
 from megatron_bliss.selection.score_model import load_score_model
 from tests.conftest import build_shard
 

@@ -10,12 +10,8 @@ from megatron_bliss.data.pool import SequencePool
 from megatron_bliss.models.flops import pass_flops
 from megatron_bliss.models.presets import build_model
 from megatron_bliss.selection.base import SelectionContext
-from megatron_bliss.selection.perplexity import (
-    PerplexitySelector,
-    loss_to_score,
-    pool_losses,
-    sequence_losses,
-)
+from megatron_bliss.selection.perplexity import PerplexitySelector, loss_to_score, pool_losses
+from megatron_bliss.selection.proxy import sequence_losses
 from tests.conftest import build_shard
 
 SEQ = 32
