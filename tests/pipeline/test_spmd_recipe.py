@@ -13,6 +13,8 @@ on rank 0 while rank 1 waits.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +23,14 @@ import yaml
 
 from megatron_bliss.cli import main
 from megatron_bliss.config import dump_yaml, merge, read_yaml
+from megatron_bliss.engine.distributed import free_port
 from megatron_bliss.pipeline.recipe import recipe_config
+from megatron_bliss.utils.paths import REPO_ROOT
+from tests.child_env import child_env
 from tests.engine.torchrun import run_two_ranks
 
 WORKER = Path(__file__).with_name("recipe_worker.py")
+KILL_WORKER = Path(__file__).with_name("kill_worker.py")
 EVAL = {"limit": 2, "last_round_only": True}
 
 
@@ -77,18 +83,23 @@ def markers(run_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(run_dir)): p.read_text() for p in run_dir.rglob("stages/*.json")}
 
 
-@pytest.mark.slow
-def test_two_rank_recipe_matches_the_pipeline_command_and_resumes(
-    tiny_shard, tokenizer_dir, corpus_texts, tmp_path
-):
-    target = tmp_path / "target.jsonl"
+@pytest.fixture(scope="module")
+def spmd_run(tiny_shard, tokenizer_dir, corpus_texts, tmp_path_factory):
+    """One uninterrupted 2-rank run of the recipe: ``(pretrain.yaml, run dir, target set)``."""
+    folder = tmp_path_factory.mktemp("spmd")
+    target = folder / "target.jsonl"
     target.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_texts[-8:]))
-    spmd, single = tmp_path / "spmd", tmp_path / "single"
-    config_path = tmp_path / "pretrain.yaml"
-    write_pretrain_yaml(config_path, spmd, tiny_shard, str(tokenizer_dir), target)
-
+    config_path = folder / "pretrain.yaml"
+    write_pretrain_yaml(config_path, folder / "spmd", tiny_shard, str(tokenizer_dir), target)
     run_two_ranks(WORKER, str(config_path))  # data.prefix dealt into 2 shards, then the rounds
+    return config_path, folder / "spmd", target
+
+
+@pytest.mark.slow
+def test_two_rank_recipe_matches_the_pipeline_command_and_resumes(spmd_run, tmp_path):
+    config_path, spmd, _ = spmd_run
     assert (spmd / "pipeline.json").exists() and (spmd / "round_1/eval.json").exists()
+    single = tmp_path / "single"
 
     shards = json.loads((spmd / "data/stages/split.json").read_text())["result"]["shards"]
     pretrain = merge(read_yaml(config_path), {"run_dir": str(single)})
@@ -108,3 +119,53 @@ def test_two_rank_recipe_matches_the_pipeline_command_and_resumes(
     finished = markers(spmd)
     run_two_ranks(WORKER, str(config_path))  # the same command again: every stage is skipped
     assert markers(spmd) == finished and len(finished) == 6  # split, 2 x (select, train), eval
+
+
+def run_killable_job(config: Path, plan: str, flags: Path) -> subprocess.CompletedProcess:
+    """The 2-rank job under ``kill_worker.py`` (its KILL_PLAN); the timeout catches a hang."""
+    env = {**child_env(), "KILL_PLAN": plan, "KILL_FLAGS": str(flags)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()), str(KILL_WORKER), str(config),
+    ]  # fmt: skip
+    return subprocess.run(
+        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_of_any_rank_resumes_at_its_stage_with_the_same_results(spmd_run, tmp_path):
+    """Rank 0 killed inside round 1's select stage, then rank 1 right after round 1's training
+    saved step 6: each rerun of the same command resumes there (the select stage again, the
+    training from its own step-6 checkpoint) and the run ends as the uninterrupted one did."""
+    config_path, reference, target = spmd_run
+    run_dir, config, flags = tmp_path / "run", tmp_path / "pretrain.yaml", tmp_path / "flags"
+    flags.mkdir()
+    write_pretrain_yaml(config, run_dir, *inputs_of(config_path), target)
+    plan = "1:select:0,1:checkpoint:6:1"
+
+    crashed = run_killable_job(config, plan, flags)
+    assert crashed.returncode != 0 and (flags / "killed_0").exists()
+    assert (run_dir / "round_0/stages/train.json").exists()
+    assert not (run_dir / "round_1/stages/select.json").exists()
+
+    crashed = run_killable_job(config, plan, flags)
+    assert crashed.returncode != 0 and (flags / "killed_1").exists()
+    assert (run_dir / "round_1/stages/select.json").exists()
+    assert not (run_dir / "round_1/stages/train.json").exists()
+    assert (run_dir / "round_1/checkpoints/latest").read_text() == "global_step6"
+
+    finished = run_killable_job(config, plan, flags)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    assert "global_step6" in finished.stderr  # resumed from the killed stage's own checkpoint
+    for r in (0, 1):
+        ours, theirs = run_dir / f"round_{r}", reference / f"round_{r}"
+        assert (ours / "selection.npy").read_bytes() == (theirs / "selection.npy").read_bytes()
+        np.testing.assert_allclose(losses(ours), losses(theirs), rtol=1e-6)
+    assert markers(run_dir).keys() == markers(reference).keys()
+
+
+def inputs_of(config_path: Path) -> tuple[str, str]:
+    """``(data prefix, tokenizer)`` of a pretrain YAML written by ``write_pretrain_yaml``."""
+    data = read_yaml(config_path)["data"]
+    return data["prefix"], data["tokenizer"]
