@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 
 VARIANTS = ("default", "paper")
+TARGET_DTYPES = ("auto", "float32", "bfloat16", "float64")
 DOTS = ("auto", "fd", "jvp", "graph")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
@@ -143,6 +144,11 @@ class BlissSelector(Selector):
         log_interval: int = 10
         dtype: str = "float32"
         """Proxy/score-model precision for the bilevel loop (float64: exact tests)."""
+        target_dtype: str = "auto"
+        """The frozen target's precision (it only runs forwards for the KL): ``auto`` =
+        bfloat16 on CUDA with a float32 loop (half the memory of a float32 copy on every rank
+        of the selection group; the KL's softmaxes still run in float32), else ``dtype``;
+        or ``float32``, ``bfloat16``, ``float64``."""
 
         def __post_init__(self):
             if self.variant not in VARIANTS:
@@ -152,6 +158,10 @@ class BlissSelector(Selector):
                     setattr(self, name, value)
             if self.dtype not in ("float32", "float64"):
                 raise ValueError(f"dtype '{self.dtype}' is not float32 or float64")
+            if self.target_dtype not in TARGET_DTYPES:
+                raise ValueError(
+                    f"target_dtype '{self.target_dtype}' is not one of {', '.join(TARGET_DTYPES)}"
+                )
             choices = {"solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS}
             for name, known in choices.items():
                 if getattr(self, name) not in known:
@@ -262,15 +272,24 @@ class BlissSelector(Selector):
             if getattr(self.config, name) % world:
                 raise ConfigError(f"bliss.{name} must be divisible by the {world} ranks")
         dtype = getattr(torch, self.config.dtype)
-        if self.context.target_model is not None:
-            self.context.target_model.to(dtype)
+        target = self.context.target_model
+        if target is not None:
+            target.to(dtype)  # before the proxy is made: ``proxy_init: target`` copies it
         warm_proxy = self.prepare_proxy().to(dtype)
+        if target is not None:
+            target.to(self._target_dtype(dtype))
         self.score_model = self.prepare_score_model(warm_proxy).to(dtype)
         self.proxy = copy.deepcopy(warm_proxy).train()
         del warm_proxy
         self._train()
         training = torch.tensor([self.flops["training"]], dtype=torch.float64)
         self.flops["training"] = float(hg.all_reduce_sum([training])[0])  # ranks spent shares
+
+    def _target_dtype(self, loop_dtype: torch.dtype) -> torch.dtype:
+        if self.config.target_dtype != "auto":
+            return getattr(torch, self.config.target_dtype)
+        on_cuda = self.context.device.type == "cuda"
+        return torch.bfloat16 if on_cuda and loop_dtype == torch.float32 else loop_dtype
 
     def fitted_state(self) -> ScoreModel:
         """The trained score model (the whole module, buffers included), for the ranks outside

@@ -45,6 +45,11 @@ class SelectionGroup:
     def is_member(self) -> bool:
         return distributed.rank() < self.size
 
+    @property
+    def fits_here(self) -> bool:
+        """Whether this rank runs ``fit`` (every rank when the group is the job)."""
+        return self.is_job or self.is_member
+
     @contextlib.contextmanager
     def active(self) -> Iterator[SelectionGroup]:
         """The block's collectives (``hypergrad``) run on this group (on a member; nothing

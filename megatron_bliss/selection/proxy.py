@@ -193,8 +193,9 @@ def warmup_lm(
     device: torch.device,
     desc: str = "warm-up",
 ) -> float:
-    """Plain AdamW training on random pool sequences (cosine LR); returns the sequences trained
-    on (count them with ``Selector.spend``)."""
+    """Plain AdamW training on random pool sequences (cosine LR), with the LM head fused into the
+    loss as the engine trains; returns the sequences trained on (count them with
+    ``Selector.spend``)."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, 0.1))
@@ -204,7 +205,7 @@ def warmup_lm(
     for _ in progress:
         indices = rng.choice(len(pool), size=min(batch_size, len(pool)), replace=False)
         tokens = pool_batch(pool, indices, device)
-        step_loss = sequence_ce(lm_logits(model, tokens), tokens).mean()
+        step_loss = sequence_losses(model, tokens).mean()
         optimizer.zero_grad(set_to_none=True)
         step_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

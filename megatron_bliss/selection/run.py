@@ -168,16 +168,21 @@ def run_selection(
         target_data=target_data, target_format=target_format, tokenizer=tokenizer,
         target_model=target_model,
     )  # fmt: skip
+    group = selection_group(selector_class, config)
     if isinstance(inputs.target_model, str | Path):
-        inputs.target_model = load_target_model(inputs.target_model, inputs.device)
+        if group.fits_here:
+            inputs.target_model = load_target_model(inputs.target_model, inputs.device)
+        else:  # scores with the group's fitted state: a 2.8B target would only take memory
+            logger.info("%s: not loading the target on a rank outside the selection group", method)
+            inputs.target_model = None
     run_dir = ensure_dir(run_dir, "--run-dir")  # only once the inputs have been checked
-    if inputs.target_model is None and selector_class.uses_target_model:
+    if inputs.target_model is None and selector_class.uses_target_model and group.fits_here:
         inputs.target_model = stand_in_target(
             config, inputs.pool, inputs.tokenizer, run_dir, inputs.device
         )
     _write_resolved(run_dir, config, method, selector_config, data_prefix, target_data)
     selector = selector_class(selector_config, _context(config, inputs, run_dir))
-    return _fit_score_select(selector, config, method, data_prefix, run_dir)
+    return _fit_score_select(selector, group, config, method, data_prefix, run_dir)
 
 
 def _context(config: SelectConfig, inputs: Inputs, run_dir: Path):
@@ -200,17 +205,23 @@ def _write_resolved(run_dir, config, method, selector_config, data_prefix, targe
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
 
-def _fit_and_score(selector, config: SelectConfig, method: str, run_dir: Path):
-    """``fit`` on the selection group (the job, or its first ``group_size`` ranks for methods
-    that can), then ``score`` on the scoring ranks (every rank, or rank 0 alone for a method
-    that is not data-parallel); (scores, {"training": ranks, "scoring": ranks})."""
-    from megatron_bliss.selection.group import SelectionGroup, fit_on_group, make_group
+def selection_group(selector_class, config: SelectConfig):
+    """The ranks ``fit`` runs on: the job, or its first ``group_size`` ranks for methods that
+    can (``trains_on_group``); collective: every rank calls it."""
+    from megatron_bliss.selection.group import SelectionGroup, make_group
+
+    if selector_class.trains_on_group:
+        return make_group(config.group_size)
+    return SelectionGroup(world_size() if selector_class.data_parallel else 1)
+
+
+def _fit_and_score(selector, group, method: str, run_dir: Path):
+    """``fit`` on the selection group, then ``score`` on the scoring ranks (every rank, or rank
+    0 alone for a method that is not data-parallel); (scores, {"training": ranks, "scoring":
+    ranks})."""
+    from megatron_bliss.selection.group import fit_on_group
 
     scoring = world_size() if selector.data_parallel else 1
-    if type(selector).trains_on_group:
-        group = make_group(config.group_size)
-    else:
-        group = SelectionGroup(scoring)
     if not group.is_job:
         logger.info("%s: trains on ranks 0-%d, scores on all %d", method, group.size - 1, scoring)
     fit_on_group(selector, group, run_dir)
@@ -219,12 +230,12 @@ def _fit_and_score(selector, config: SelectConfig, method: str, run_dir: Path):
     return scores, {"training": group.size, "scoring": scoring}
 
 
-def _fit_score_select(selector, config: SelectConfig, method, data_prefix, run_dir: Path):
+def _fit_score_select(selector, group, config: SelectConfig, method, data_prefix, run_dir: Path):
     from megatron_bliss.selection.rule import select_top_fraction, write_selection
 
     pool = selector.context.pool
     start = time.perf_counter()
-    scores, ranks = _fit_and_score(selector, config, method, run_dir)
+    scores, ranks = _fit_and_score(selector, group, method, run_dir)
     if scores.shape != (len(pool),):
         raise RuntimeError(f"{method}: scored {scores.shape} for a pool of {len(pool)} sequences")
     seconds = time.perf_counter() - start
