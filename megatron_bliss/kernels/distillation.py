@@ -10,8 +10,9 @@ softmax, and their gradients add up to one expression per chunk:
 
 so one row head (see :mod:`megatron_bliss.kernels.chunked`) produces both losses and that
 gradient, and :class:`~megatron_bliss.kernels.chunked.FusedLinearLoss` folds it into the hidden
-and weight gradients during the forward: three LM-head matmuls per chunk instead of six, and only
-one chunk of logits alive. ``fused=False`` is the plain-autograd reference (double backward).
+and weight gradients during the forward: three LM-head matmuls per chunk (six for the two losses
+fused separately), and only one chunk of logits alive. ``fused=False`` is the plain-autograd
+reference (double backward).
 """
 
 from __future__ import annotations
