@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/planted_pool_auc.py \
         [--config configs/select_tiny_cpu.yaml] [--methods bliss,reducible,dsir,perplexity,random]
-        [--bliss-variants paper]
+        [--bliss-variants paper] [--bliss-settings steps200:bliss.outer_steps=200]
 
 Pool: real C4 documents (``../shared/data/c4``; the built-in corpus when absent, labelled a smoke
 run) mixed with two kinds of planted useless text: shuffled-word copies of C4 documents and
@@ -127,6 +127,11 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "select_tiny_cpu.yaml"))
     parser.add_argument("--methods", default="bliss,reducible,dsir,perplexity,random")
     parser.add_argument("--bliss-variants", default="", help="e.g. paper: bliss.variant=...")
+    parser.add_argument(
+        "--bliss-settings", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="one more BLISS run with these select-config overrides, e.g. "
+        "steps200:bliss.outer_steps=200 (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--output", default=None, help="JSON results file")
     args = parser.parse_args(argv)
@@ -148,6 +153,9 @@ def main(argv=None) -> int:
     results: dict = {"smoke": smoke, "config": args.config, "pool_sequences": len(pool)}
     runs = [(m, []) for m in args.methods.split(",") if m]
     runs += [(f"bliss_{v}", [f"bliss.variant={v}"]) for v in args.bliss_variants.split(",") if v]
+    for entry in args.bliss_settings:
+        name, _, settings = entry.partition(":")
+        runs.append((f"bliss_{name}", settings.split(",")))
     for name, overrides in runs:
         method = "bliss" if name.startswith("bliss") else name
         run_dir = workdir / name
