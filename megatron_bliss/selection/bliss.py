@@ -392,6 +392,8 @@ class BlissSelector(Selector):
         """This rank's slice of softmax(scores) over the global batch (no gradient)."""
         with torch.no_grad(), evaluation(self.score_model):
             local = self.score_model(tokens[:, :-1])
+        pool_tokens = len(tokens) * self.context.pool.seq_length  # weights: part of the step
+        self.spend("training", self.score_model, pool_tokens, "forward", lm_head=False)
         weights = torch.softmax(hg.all_gather_cat(local), 0)
         per_rank = len(local)
         return weights[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
