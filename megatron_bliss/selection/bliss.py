@@ -272,12 +272,12 @@ class BlissSelector(Selector):
             if getattr(self.config, name) % world:
                 raise ConfigError(f"bliss.{name} must be divisible by the {world} ranks")
         dtype = getattr(torch, self.config.dtype)
-        target = self.context.target_model
+        target, target_dtype = self.context.target_model, self._target_dtype(dtype)
+        if target is not None and self.config.proxy_init != "target":  # already during a warm-up
+            target.to(target_dtype)
+        warm_proxy = self.prepare_proxy().to(dtype)  # ``proxy_init: target`` copies it first
         if target is not None:
-            target.to(dtype)  # before the proxy is made: ``proxy_init: target`` copies it
-        warm_proxy = self.prepare_proxy().to(dtype)
-        if target is not None:
-            target.to(self._target_dtype(dtype))
+            target.to(target_dtype)
         self.score_model = self.prepare_score_model(warm_proxy).to(dtype)
         self.proxy = copy.deepcopy(warm_proxy).train()
         del warm_proxy
