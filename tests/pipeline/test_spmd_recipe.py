@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,7 @@ import yaml
 
 from megatron_bliss.cli import main
 from megatron_bliss.config import dump_yaml, merge, read_yaml
-from megatron_bliss.engine.distributed import free_port
 from megatron_bliss.pipeline.recipe import recipe_config
-from megatron_bliss.utils.paths import REPO_ROOT
-from tests.child_env import child_env
 from tests.engine.torchrun import run_two_ranks
 
 WORKER = Path(__file__).with_name("recipe_worker.py")
@@ -122,15 +118,9 @@ def test_two_rank_recipe_matches_the_pipeline_command_and_resumes(spmd_run, tmp_
 
 
 def run_killable_job(config: Path, plan: str, flags: Path) -> subprocess.CompletedProcess:
-    """The 2-rank job under ``kill_worker.py`` (its KILL_PLAN); the timeout catches a hang."""
-    env = {**child_env(), "KILL_PLAN": plan, "KILL_FLAGS": str(flags)}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port()), str(KILL_WORKER), str(config),
-    ]  # fmt: skip
-    return subprocess.run(
-        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+    """The 2-rank job under ``kill_worker.py`` with its KILL_PLAN (the exit code unchecked)."""
+    env = {"KILL_PLAN": plan, "KILL_FLAGS": str(flags)}
+    return run_two_ranks(KILL_WORKER, str(config), env=env, check=False)
 
 
 @pytest.mark.slow
