@@ -155,7 +155,6 @@ def run_selection(
     gumbel_temperature: float | None = None,
 ) -> np.ndarray:
     """Fit ``method`` on the shard, score it, write the selection; returns ``selection.npy``."""
-    from megatron_bliss.selection.proxy import load_target_model
     from megatron_bliss.selection.stand_in import stand_in_target
 
     config = resolve_config(
@@ -169,12 +168,7 @@ def run_selection(
         target_model=target_model,
     )  # fmt: skip
     group = selection_group(selector_class, config)
-    if isinstance(inputs.target_model, str | Path):
-        if group.fits_here:
-            inputs.target_model = load_target_model(inputs.target_model, inputs.device)
-        else:  # scores with the group's fitted state: a 2.8B target would only take memory
-            logger.info("%s: not loading the target on a rank outside the selection group", method)
-            inputs.target_model = None
+    inputs.target_model = target_for_this_rank(inputs.target_model, group, inputs.device)
     run_dir = ensure_dir(run_dir, "--run-dir")  # only once the inputs have been checked
     if inputs.target_model is None and selector_class.uses_target_model and group.fits_here:
         inputs.target_model = stand_in_target(
@@ -203,6 +197,16 @@ def _write_resolved(run_dir, config, method, selector_config, data_prefix, targe
     resolved.update(method=method, data_prefix=str(data_prefix), target_data=str(target_data))
     resolved[method] = dataclasses.asdict(selector_config)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+
+def target_for_this_rank(target_model, group, device: torch.device):
+    """The target model, loaded when given as a path, on the ranks that run ``fit``; None on the
+    others, which score with the group's fitted state (a 2.8B target would only take memory)."""
+    from megatron_bliss.selection.proxy import load_target_model
+
+    if not isinstance(target_model, str | Path):
+        return target_model
+    return load_target_model(target_model, device) if group.fits_here else None
 
 
 def selection_group(selector_class, config: SelectConfig):

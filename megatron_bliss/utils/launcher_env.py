@@ -38,9 +38,15 @@ def local_world_size() -> int:
     ``LOCAL_SIZE``, srun's tasks per node; else the whole world (one node)."""
     found = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
     if not found and _slurm("SLURM_NTASKS") is not None:
-        per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")
-        found = per_node.split("(")[0].split(",")[0] or None
+        found = _slurm_tasks_per_node()
     return int(found or launched_world_size())
+
+
+def _slurm_tasks_per_node() -> str | None:
+    """This job's tasks per node from ``SLURM_NTASKS_PER_NODE`` / ``SLURM_TASKS_PER_NODE``
+    (``8(x4)``, ``2,1``: the first node's count)."""
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE")
+    return (per_node or "").split("(")[0].split(",")[0] or None
 
 
 def export_slurm_variables() -> None:
@@ -50,6 +56,9 @@ def export_slurm_variables() -> None:
     os.environ["RANK"] = os.environ["SLURM_PROCID"]
     os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    per_node = _slurm_tasks_per_node()
+    if per_node is not None:  # as torchrun sets it: the selection group's default size
+        os.environ.setdefault("LOCAL_WORLD_SIZE", per_node)
     if "MASTER_ADDR" not in os.environ:
         nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
         first = nodes.split(",")[0]
