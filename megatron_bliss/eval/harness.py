@@ -88,7 +88,8 @@ def _load_tasks(manager, names: list[str], local: dict[str, LocalTask], with_ppl
             skipped[name] = "no --ppl-data file given"
             continue
         lm_eval_name = local[name].local_task_name if name in local else name
-        if name not in local and not hub_offline() and not hub_reachable():
+        on_hub = name not in local and name != PPL_TASK  # the perplexity task reads ppl_data
+        if on_hub and not hub_offline() and not hub_reachable():
             skipped[name] = "data not local and the hub is not reachable (no connection in 3 s)"
             continue
         try:

@@ -247,16 +247,21 @@ def test_eval_on_something_that_is_not_a_model_says_what_it_is(
 def test_hub_tasks_are_skipped_at_once_when_the_hub_does_not_answer(
     tiny_model_dir, tiny_task_data, tmp_path, monkeypatch, caplog
 ):
-    """Offline cluster nodes without HF_HUB_OFFLINE: no 25-second hub retries per task."""
+    """Offline cluster nodes without HF_HUB_OFFLINE: no 25-second hub retries per task, and the
+    local tasks (task files, the perplexity file) still run."""
     from megatron_bliss.eval import evaluate_model, harness
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(harness, "hub_reachable", lambda: False)
+    ppl = tmp_path / "ppl.jsonl"
+    ppl.write_text(
+        "".join(json.dumps({"text": f"held-out text number {i}."}) + "\n" for i in range(3))
+    )
     with caplog.at_level("WARNING", logger="megatron_bliss.eval.harness"):
         results = evaluate_model(
-            tiny_model_dir, ["sciq", "logiqa"], task_data=tiny_task_data, limit=2,
-            batch_size=4, output=tmp_path / "eval.json",
+            tiny_model_dir, ["sciq", "logiqa"], task_data=tiny_task_data, ppl_data=ppl,
+            limit=2, batch_size=4, output=tmp_path / "eval.json",
         )  # fmt: skip
-    assert "sciq" in results and "logiqa" not in results
+    assert "sciq" in results and "c4_ppl" in results and "logiqa" not in results
     assert "the hub is not reachable" in caplog.text
