@@ -14,7 +14,8 @@ import pytest
 from megatron_bliss.engine.distributed import free_port
 from megatron_bliss.utils.paths import REPO_ROOT
 from tests.child_env import child_env
-from tests.pipeline.test_spmd_recipe import WORKER, write_pretrain_yaml
+from tests.pipeline.test_spmd_recipe import WORKER
+from tests.pipeline.test_two_nodes import bliss_recipe, wait_for_all
 
 
 def start_task(task: int, port: int, config) -> subprocess.Popen:
@@ -31,18 +32,9 @@ def start_task(task: int, port: int, config) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_srun_tasks_run_the_recipe(tiny_shard, tokenizer_dir, corpus_texts, tmp_path):
-    target = tmp_path / "target.jsonl"
-    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_texts[-8:]))
-    run_dir, config = tmp_path / "run", tmp_path / "pretrain.yaml"
-    write_pretrain_yaml(
-        config, run_dir, tiny_shard, str(tokenizer_dir), target, method="bliss",
-        eval={"enabled": False},
-    )  # fmt: skip
+    run_dir, config = bliss_recipe(tmp_path, tiny_shard, tokenizer_dir, corpus_texts)
     port = free_port()
-    tasks = [start_task(task, port, config) for task in (0, 1)]
-    errors = [task.communicate(timeout=600)[1] for task in tasks]
-    for task, err in zip(tasks, errors):
-        assert task.returncode == 0, err[-4000:]
+    wait_for_all([start_task(task, port, config) for task in (0, 1)])
 
     summary = json.loads((run_dir / "pipeline.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1]

@@ -29,20 +29,31 @@ def start_node(node_rank: int, port: int, config: Path) -> subprocess.Popen:
     )
 
 
+def bliss_recipe(folder: Path, shard: str, tokenizer_dir, corpus_texts, **selection):
+    """``(run dir, pretrain.yaml)`` of a BLISS recipe on the tiny shard, without evaluation."""
+    target = folder / "target.jsonl"
+    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_texts[-8:]))
+    run_dir, config = folder / "run", folder / "pretrain.yaml"
+    write_pretrain_yaml(
+        config, run_dir, shard, str(tokenizer_dir), target, method="bliss",
+        eval={"enabled": False}, **selection,
+    )  # fmt: skip
+    return run_dir, config
+
+
+def wait_for_all(processes: list[subprocess.Popen]) -> list[str]:
+    """Every process's stderr, once all have ended; fails with it unless each succeeded."""
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    for process, err in zip(processes, errors):
+        assert process.returncode == 0, err[-4000:]
+    return errors
+
+
 @pytest.mark.slow
 def test_two_nodes_run_a_two_round_bliss_recipe(tiny_shard, tokenizer_dir, corpus_texts, tmp_path):
-    target = tmp_path / "target.jsonl"
-    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_texts[-8:]))
-    run_dir, config = tmp_path / "run", tmp_path / "pretrain.yaml"
-    write_pretrain_yaml(
-        config, run_dir, tiny_shard, str(tokenizer_dir), target, method="bliss", num_rounds=2,
-        eval={"enabled": False},
-    )  # fmt: skip
+    run_dir, config = bliss_recipe(tmp_path, tiny_shard, tokenizer_dir, corpus_texts, num_rounds=2)
     port = free_port()
-    nodes = [start_node(rank, port, config) for rank in (0, 1)]
-    errors = [node.communicate(timeout=600)[1] for node in nodes]
-    for node, err in zip(nodes, errors):
-        assert node.returncode == 0, err[-4000:]
+    errors = wait_for_all([start_node(rank, port, config) for rank in (0, 1)])
 
     summary = json.loads((run_dir / "pipeline.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
