@@ -88,14 +88,14 @@ def _load_tasks(manager, names: list[str], local: dict[str, LocalTask], with_ppl
             skipped[name] = "no --ppl-data file given"
             continue
         lm_eval_name = local[name].local_task_name if name in local else name
-        on_hub = name not in local and name != PPL_TASK  # the perplexity task reads ppl_data
-        if on_hub and not hub_offline() and not hub_reachable():
+        reads_local_files = name in local or name == PPL_TASK  # the ppl task reads ppl_data
+        if not reads_local_files and not hub_offline() and not hub_reachable():
             skipped[name] = "data not local and the hub is not reachable (no connection in 3 s)"
             continue
         try:
             loaded[name] = manager.load([lm_eval_name])["tasks"][lm_eval_name]
         except Exception as error:
-            if name in local or name == PPL_TASK:
+            if reads_local_files:
                 raise
             where = " (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)" if hub_offline() else ""
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
