@@ -2,9 +2,10 @@
 
 A plain ``python`` process gets RANK=0/WORLD_SIZE=1 and a free MASTER_PORT; under ``srun`` the
 SLURM variables are translated. ``pretrain`` may be called repeatedly in one process (the pipeline
-does, once per round). The default process group is created once and reused by later calls: a
-destroyed-and-recreated group hangs DeepSpeed's CPU shared-memory all-reduce and invalidates its
-cached groups, so the group is destroyed only at interpreter exit (``atexit``).
+does for a decay branch, or per round with ``launcher.keep_engine: false``). The default process
+group is created once and reused by later calls: a destroyed-and-recreated group hangs
+DeepSpeed's CPU shared-memory all-reduce and invalidates its cached groups, so the group is
+destroyed only at interpreter exit (``atexit``).
 """
 
 from __future__ import annotations

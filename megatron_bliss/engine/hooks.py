@@ -9,12 +9,26 @@ as a signal stop does: ``pretrain`` returns a summary marked ``interrupted`` (``
 Metrics passed to ``on_step_end`` hold the loss, throughput and memory only on logged steps
 (``logging.log_interval``): reading the loss back from the device on every step would make the
 host wait for the device on every step.
+
+A run of several rounds continues in one engine: ``pretrain(config, hooks, next_round=...)``
+calls ``next_round`` with a ``RoundEnd`` after each round's last step (its checkpoint written,
+its summary final); it returns the next round (``NextRound``: that round's config and hooks) or
+None to end the run. The engine then rebuilds its training data in place and trains on, with the
+optimizer state, step, sample count and RNG states it holds, so the next round needs neither a
+relaunch nor a checkpoint load. The engine knows nothing of what the hook does in between (the
+pipeline evaluates the round and selects the next round's data there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from megatron_bliss.engine.config import PretrainConfig
+    from megatron_bliss.engine.distributed import DistributedContext
 
 
 class Hooks:
@@ -65,3 +79,34 @@ class Hooks:
     def should_stop(self, step: int) -> bool:
         """True when the run must stop after ``step`` (checked on every rank)."""
         return self.stop_after_step is not None and step >= self.stop_after_step
+
+
+@dataclass(frozen=True)
+class RoundEnd:
+    """What the round-boundary hook gets when a round's last step is done."""
+
+    step: int
+    summary: dict[str, Any]
+    """The finished round's summary (also ``run_dir/summary.json``), as ``pretrain`` returns it."""
+    run_dir: Path
+    checkpoint: Path | None
+    """The checkpoint folder of this step (the round's target weights, for a selector to read)."""
+    context: DistributedContext
+    """Rank, world size, device and the process group of the training ranks."""
+    engine: Any
+    """The live DeepSpeed engine (e.g. to gather ZeRO-3 partitions); do not step it."""
+
+
+@dataclass
+class NextRound:
+    """The round to train next in the same engine. Its config may differ from the running one
+    only where a round does (``engine.rounds.IN_PLACE_CHANGES``: run directory, data sources,
+    steps, schedule, learning rates, checkpoint and logging settings)."""
+
+    config: PretrainConfig
+    hooks: Hooks | None = None
+    """The next round's hooks (default: keep the running ones)."""
+
+
+class RoundBoundary(Protocol):
+    def __call__(self, end: RoundEnd) -> NextRound | None: ...

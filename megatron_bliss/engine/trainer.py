@@ -1,8 +1,11 @@
 """One pretraining stage on DeepSpeed ZeRO: ``pretrain(config, hooks) -> summary``.
 
 Runs in the current process(es): plain python (1 rank), torchrun, the deepspeed launcher or srun.
-The pipeline calls it once per round in one process, so everything it creates (engine, process
-group, TensorBoard writer, signal handlers, transformers' ZeRO-3 switch) is released on return.
+Given a ``next_round`` hook (``engine/hooks.py``), one call trains several rounds in one engine:
+after each round's last step and checkpoint the hook returns the next round's config, and the
+training data, run directory and sinks are rebuilt in place. Everything ``pretrain`` creates
+(engine, process group, TensorBoard writer, signal handlers, transformers' ZeRO-3 switch) is
+released on return.
 A run that stops early, on SIGTERM/SIGUSR1 or because a hook asked, returns a summary marked
 ``interrupted`` (after the step's checkpoint when one was asked for); the command exits 75 then.
 
@@ -54,7 +57,7 @@ from megatron_bliss.engine.distributed import (
     rank0_failure_note,
     wait_for_rank0,
 )
-from megatron_bliss.engine.hooks import Hooks
+from megatron_bliss.engine.hooks import Hooks, NextRound, RoundBoundary, RoundEnd
 from megatron_bliss.engine.loss import FusedHeadLoss
 from megatron_bliss.engine.metrics import (
     MetricSink,
@@ -65,6 +68,7 @@ from megatron_bliss.engine.metrics import (
 )
 from megatron_bliss.engine.optimizer_state import require_subset_layers, save_adam_state
 from megatron_bliss.engine.profiling import StepProfiler
+from megatron_bliss.engine.rounds import check_in_place
 from megatron_bliss.engine.schedules import learning_rate
 from megatron_bliss.engine.versions import check_deepspeed_version
 from megatron_bliss.utils.io import atomic_write_json
@@ -75,8 +79,11 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)")
 
 
-def pretrain(config: PretrainConfig, hooks: Hooks | None = None) -> dict[str, Any]:
-    """Train one stage as configured; returns the summary (also written to RUN_DIR/summary.json)."""
+def pretrain(
+    config: PretrainConfig, hooks: Hooks | None = None, next_round: RoundBoundary | None = None
+) -> dict[str, Any]:
+    """Train one stage as configured, and the rounds ``next_round`` hands over after it; returns
+    the last round's summary (each round's is also written to its RUN_DIR/summary.json)."""
     validate_static(config)
     check_deepspeed_version()  # the checkpoint workarounds follow DeepSpeed's internals
     device = device_type(config)
@@ -85,7 +92,7 @@ def pretrain(config: PretrainConfig, hooks: Hooks | None = None) -> dict[str, An
     stage = None
     try:
         stage = TrainingStage(config, hooks or Hooks(), context, precision)
-        return stage.run()
+        return stage.run(next_round)
     finally:
         if stage is not None:
             stage.close()
@@ -563,7 +570,19 @@ class TrainingStage:
         atomic_write_json(self.run_dir / "run_info.json", info)
 
     # ---------------------------------------------------------------- loop
-    def run(self) -> dict[str, Any]:
+    def run(self, next_round: RoundBoundary | None = None) -> dict[str, Any]:
+        """Train this round, then each round ``next_round`` returns, in this engine."""
+        while True:
+            summary = self._train_round()
+            following = None
+            if next_round is not None and not summary["interrupted"]:
+                following = self._round_boundary(next_round, summary)
+            if following is None:
+                self.hooks.on_engine_final(self.engine)
+                return summary
+            self._start_round(following)
+
+    def _train_round(self) -> dict[str, Any]:
         train = self.config.train
         progress = self._progress_bar()
         with PreemptionFlag() as preemption:
@@ -802,9 +821,65 @@ class TrainingStage:
         if self.context.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
         self.context.barrier()
-        self.hooks.on_engine_final(self.engine)
         self.hooks.on_train_end(summary)
         return summary
+
+    # ---------------------------------------------------------------- rounds
+    def _round_boundary(self, next_round: RoundBoundary, summary: dict[str, Any]):
+        """Ask the hook for the next round, outside the signal handlers (a stop signal during
+        the hook's work is the launcher's to handle) and with the training RNG states kept, so
+        the next round draws what it would after loading this round's checkpoint."""
+        folder = self.checkpoint_dir / ckpt.tag_for(self.step)
+        end = RoundEnd(
+            step=self.step,
+            summary=summary,
+            run_dir=self.run_dir,
+            checkpoint=folder if folder.is_dir() else None,
+            context=self.context,
+            engine=self.engine,
+        )
+        rng = ckpt.rng_state()
+        linear = torch.nn.functional.linear
+        restore_functional_linear()  # the hook's own models use plain autograd (jvp included)
+        try:
+            following = next_round(end)
+        finally:
+            torch.nn.functional.linear = linear
+            ckpt.set_rng_state(rng)
+        return following
+
+    def _start_round(self, following: NextRound) -> None:
+        """Point this engine at the next round: its config, directory, data and sinks; the
+        optimizer state, step and consumed samples carry on as a checkpoint load would give."""
+        validate_static(following.config)
+        check_in_place(self.config, following.config)
+        self.config = following.config
+        self.hooks = following.hooks or self.hooks
+        self.run_dir = Path(self.config.run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(self.config, self.run_dir / "config.yaml")
+        self._check_data_files()
+        self.tokenizer = self._load_tokenizer()
+        self.dataset = self._dataset()
+        self.valid_datasets = self._valid_datasets()
+        self.losses, self.pending_losses = [], []
+        self.timer = StepTimer()
+        self.profiler.close()
+        self.profiler = StepProfiler(
+            self.config.logging.profile_steps, self.run_dir, self.context.rank, self.device.type
+        )
+        self.sink.close()
+        if self.context.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self._write_run_info()
+        self.sink = MetricSink(self.run_dir, self.context.is_main, self.config.logging.tensorboard)
+        self.last_saved = -1  # nothing of this round is saved yet
+        logger.info(
+            "round continues in the running engine at step %d: %s, until step %d",
+            self.step, self.run_dir, self.config.train.train_steps,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Release the engine (ZeRO-3 hooks, optimizer state), the profiler and the metric sinks."""

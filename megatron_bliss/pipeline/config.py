@@ -28,6 +28,11 @@ class LauncherConfig:
     nproc_per_node: int = 2
     threads_per_rank: int | None = None
     """OMP threads of each rank; none: the machine's cores divided among the ranks."""
+    keep_engine: bool = True
+    """In-process training: each round continues in the DeepSpeed engine of the round before
+    (the engine's round-boundary hook: selection and evaluation run in between, the engine's
+    optimizer state stays in memory); false: each round builds a new engine and loads the
+    previous round's checkpoint."""
 
     def __post_init__(self):
         if self.type not in LAUNCHERS:

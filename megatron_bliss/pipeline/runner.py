@@ -10,7 +10,12 @@ each stage (the ranks end with this process, see ``utils.child_process``). Start
 torchrun, srun or the deepspeed launcher, the pipeline is one SPMD job (``world.py``): every rank
 runs every stage, training in-process on the whole world, data-parallel selectors on all ranks,
 the rest on rank 0 while the others wait; rank 0 decides what is finished and writes every shared
-file. Finished stages are skipped; a killed stage resumes from its own checkpoints. A training
+file. Trained in-process, the rounds share one DeepSpeed engine: the engine's round-boundary
+hook (``Pipeline._next_round``) finishes a round (its marker, decay branch and evaluation),
+selects the next round's data from the checkpoint it just wrote and hands that round back to the
+engine, which rebuilds its data in place and trains on (``launcher.keep_engine: false`` builds a
+new engine per round instead). Finished stages are skipped; a killed stage resumes from its own
+checkpoints. A training
 stage stopped by SIGTERM/SIGUSR1 saves a checkpoint and is not recorded as finished: the pipeline
 stops with ``exit_codes.Interrupted`` and the next run resumes that stage.
 
@@ -37,6 +42,7 @@ import numpy as np
 from megatron_bliss.config import ConfigError, dump_yaml, merge
 from megatron_bliss.engine.checkpoint import has_step_folders
 from megatron_bliss.engine.config import PretrainConfig
+from megatron_bliss.engine.hooks import Hooks, NextRound, RoundEnd
 from megatron_bliss.errors import MissingFileError
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig
@@ -64,6 +70,18 @@ class PipelineHooks:
     train_hooks: Callable[[int, str], Any] | None = None
 
 
+@dataclasses.dataclass
+class TrainPlan:
+    """One round's training stage: its config and marker, the checkpoints it starts from (the
+    previous round's) and what the round's selection cost."""
+
+    r: int
+    config: PretrainConfig
+    marker: StageMarker
+    load: str | None
+    selection_flops: dict[str, float]
+
+
 class Pipeline:
     def __init__(
         self,
@@ -77,6 +95,8 @@ class Pipeline:
         self.world = world or PipelineWorld()
         self.world.use_run_dir(self.run_dir)
         self.launcher = config.launcher
+        self.training: TrainPlan | None = None
+        """The round the running engine trains (``_next_round`` finishes it)."""
         if self.world.spmd and self.launcher.type != "inprocess":
             logger.info(
                 "pretrain.launcher.type=%s ignored: this job already runs on %d ranks, so "
@@ -92,11 +112,11 @@ class Pipeline:
             self.config = self.world.on_main(
                 "prepare data", lambda: prepare_data(self.config, self.run_dir)
             )
-        rounds = [self._warmup()]
-        for r in range(1, self.config.rounds() + 1):
-            rounds.append(self._round(r, rounds[-1]))
+        self.rounds: list[dict[str, Any]] = []
+        while len(self.rounds) <= self.config.rounds():
+            self._train(self._plan(len(self.rounds)))
         with self.world.stage("summary"):
-            summary = self.world.write(lambda: self._write_summary(rounds))
+            summary = self.world.write(lambda: self._write_summary(self.rounds))
         logger.info("pipeline finished: %s", self.run_dir)
         return summary
 
@@ -107,7 +127,21 @@ class Pipeline:
             self._link_warmup()
 
     # ------------------------------------------------------------------ rounds
-    def _warmup(self) -> dict[str, Any]:
+    def _plan(self, r: int) -> TrainPlan:
+        """Round r's selection (the warm-up's random one for r = 0), then its training stage."""
+        c = self.config
+        if r == 0:
+            select = self._warmup_selection()
+            return self._train_plan(0, select.hash, c.warmup_steps, 1.0, None, {})
+        previous = self.rounds[-1]
+        select = self._round_selection(r, previous)
+        steps = c.warmup_steps + r * c.round_steps
+        return self._train_plan(
+            r, select.hash, steps, c.lr_round_factor**r, previous["checkpoints"],
+            self._result(select).get("flops", {}),
+        )  # fmt: skip
+
+    def _warmup_selection(self) -> StageMarker:
         c = self.config
         round_dir = self._round_dir(0)
         inputs = {
@@ -125,8 +159,7 @@ class Pipeline:
                     self.world.write(lambda: select.complete(self._copied_selection(0)))
                 else:
                     self.world.write(lambda: self._random_warmup_selection(round_dir, select))
-        train = self._train(0, select.hash, c.warmup_steps, lr_multiplier=1.0, load=None)
-        return self._finish_round(0, train, selection_flops={})
+        return select
 
     def _random_warmup_selection(self, round_dir: Path, select: StageMarker) -> None:
         from megatron_bliss.data.pool import SequencePool
@@ -140,9 +173,8 @@ class Pipeline:
         )  # fmt: skip
         select.complete({"flops": {}})
 
-    def _round(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
+    def _round_selection(self, r: int, previous: dict[str, Any]) -> StageMarker:
         c = self.config
-        round_dir = self._round_dir(r)
         inputs = {
             "method": c.method, "select": c.select, "shard": c.shards[r], "fraction": c.fraction,
             "seed": c.seed + r, "target_data": c.target_data, "format": c.target_format,
@@ -150,35 +182,36 @@ class Pipeline:
         }  # fmt: skip
         if c.selections_from:
             inputs["selections_from"] = c.selections_from
-        select = StageMarker(round_dir, "select", inputs)
+        select = StageMarker(self._round_dir(r), "select", inputs)
         with self.world.stage(f"round {r} select"):
             if not self._done(select):
                 self._before(r, "select")
                 result = self._select(r, previous)
                 self.world.write(lambda: select.complete(result))
-            selection_flops = self._result(select).get("flops", {})
-        steps = c.warmup_steps + r * c.round_steps
-        multiplier = c.lr_round_factor**r
-        train = self._train(r, select.hash, steps, multiplier, load=previous["checkpoints"])
-        return self._finish_round(r, train, selection_flops=selection_flops)
+        return select
 
-    def _finish_round(self, r: int, train: dict[str, Any], selection_flops: dict[str, float]):
-        """Optional decay branch, then evaluation of this round's model."""
-        c = self.config
+    def _finish_round(self, plan: TrainPlan, train: dict[str, Any]) -> None:
+        """Optional decay branch, then evaluation of this round's model; the round's record."""
+        c, r = self.config, plan.r
         evaluated, evaluated_hash = train["checkpoints"], train["hash"]
         if c.decay_steps > 0:
             decay = self._decay(r, train)
             evaluated, evaluated_hash = decay["checkpoints"], decay["hash"]
         self._evaluate(r, evaluated, evaluated_hash, train["step"])
-        return {
-            "round": r,
-            "dir": f"round_{r}",
-            "data_prefix": c.shards[r],
-            "checkpoints": train["checkpoints"],
-            "train_hash": train["hash"],
-            "tokens": train["consumed_tokens"],
-            "flops": {"target_training": train["flops"], **_selection_flops(selection_flops)},
-        }
+        self.rounds.append(
+            {
+                "round": r,
+                "dir": f"round_{r}",
+                "data_prefix": c.shards[r],
+                "checkpoints": train["checkpoints"],
+                "train_hash": train["hash"],
+                "tokens": train["consumed_tokens"],
+                "flops": {
+                    "target_training": train["flops"],
+                    **_selection_flops(plan.selection_flops),
+                },
+            }
+        )
 
     # ------------------------------------------------------------------ stages
     def _select(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +264,10 @@ class Pipeline:
         meta = json.loads((round_dir / "selection.json").read_text())
         return {"flops": meta.get("flops_by_kind", {}), "num_selected": meta["num_selected"]}
 
-    def _train(self, r: int, upstream: str, steps: int, lr_multiplier: float, load: str | None):
+    def _train_plan(
+        self, r: int, upstream: str, steps: int, lr_multiplier: float, load: str | None,
+        selection_flops: dict[str, float],
+    ) -> TrainPlan:  # fmt: skip
         c = self.config
         round_dir = self._round_dir(r)
         config = train_stage_config(
@@ -239,19 +275,48 @@ class Pipeline:
             selection=round_dir / "selection.npy", shard=c.shards[r],
         )  # fmt: skip
         marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
-        with self.world.stage(f"round {r} train"):
-            if not self._done(marker):
-                self._before(r, "train")
-                # resumed from its own checkpoints, even without `latest`
-                own = self.world.agree(lambda: has_step_folders(round_dir / "checkpoints"))
-                config.checkpoint.load = None if own or load is None else str(load)
-                summary = self._launch_pretrain(config, r, "train")
-                self.world.write(
-                    lambda: marker.complete(
-                        _train_result(summary, round_dir, previous_tokens=self._tokens(load))
-                    )
-                )
-            return {**self._result(marker), "hash": marker.hash}
+        return TrainPlan(r, config, marker, load, selection_flops)
+
+    def _train(self, plan: TrainPlan) -> None:
+        """Train round ``plan.r`` (resumed from its own checkpoints, even without ``latest``)
+        and finish it; trained in this process, the rounds after it continue in the same engine
+        (``_next_round``) as long as the engine can take them."""
+        with self.world.stage(f"round {plan.r} train"):
+            if self._done(plan.marker):
+                self._finish_round(plan, {**self._result(plan.marker), "hash": plan.marker.hash})
+                return
+            self._before(plan.r, "train")
+            round_dir = Path(plan.config.run_dir)
+            own = self.world.agree(lambda: has_step_folders(round_dir / "checkpoints"))
+            plan.config.checkpoint.load = None if own or plan.load is None else str(plan.load)
+            self.training = plan
+            summary = self._launch_pretrain(plan.config, plan.r, "train")
+            if self.launcher.type != "inprocess":
+                self._trained(plan, summary)
+
+    def _trained(self, plan: TrainPlan, summary: dict[str, Any]) -> None:
+        """Record round ``plan.r``'s training as finished, then finish the round."""
+        tokens = self._tokens(plan.load)
+        self.world.write(lambda: plan.marker.complete(_train_result(summary, tokens)))
+        self._finish_round(plan, {**self._result(plan.marker), "hash": plan.marker.hash})
+
+    def _next_round(self, end: RoundEnd) -> NextRound | None:
+        """The engine's round boundary: finish the round just trained (marker, decay branch,
+        evaluation), select the next round's data with its checkpoint, and hand that round's
+        training back to the running engine. None ends the engine's run: after the last round,
+        or when the next round's training already has a state of its own to resume from."""
+        self._trained(self.training, end.summary)
+        r = self.training.r + 1
+        if r > self.config.rounds() or not self.launcher.keep_engine:
+            return None
+        plan = self._plan(r)
+        own = self.world.agree(lambda: has_step_folders(Path(plan.config.run_dir) / "checkpoints"))
+        if own or self._done(plan.marker):
+            return None  # the pipeline's loop takes it from here
+        self._before(r, "train")
+        self.training = plan
+        plan.config.checkpoint.load = None  # the engine holds round r-1's state
+        return NextRound(plan.config, self._engine_hooks(r, "train"))
 
     def _decay(self, r: int, train: dict[str, Any]) -> dict[str, Any]:
         c = self.config
@@ -272,7 +337,7 @@ class Pipeline:
                 config.checkpoint.load = None if own else train["checkpoints"]
                 summary = self._launch_pretrain(config, r, "decay")
                 tokens = train["consumed_tokens"]
-                self.world.write(lambda: marker.complete(_train_result(summary, decay_dir, tokens)))
+                self.world.write(lambda: marker.complete(_train_result(summary, tokens)))
             return {**self._result(marker), "hash": marker.hash}
 
     def _evaluate(self, r: int, checkpoints: str, upstream: str, step: int) -> None:
@@ -318,8 +383,11 @@ class Pipeline:
         if self.launcher.type == "inprocess":
             from megatron_bliss.engine.trainer import pretrain
 
-            hooks = self.hooks.train_hooks(r, name) if self.hooks.train_hooks else None
-            return _finished(pretrain(config, hooks), r, name)
+            hooks = self._engine_hooks(r, name)
+            if name != "train":
+                return _finished(pretrain(config, hooks), r, name)
+            summary = pretrain(config, hooks, next_round=self._next_round)
+            return _finished(summary, self.training.r, name)
         stage_yaml = Path(config.run_dir) / "stage_config.yaml"
         dump_yaml(config, stage_yaml)
         nproc = str(self.launcher.nproc_per_node)
@@ -340,6 +408,9 @@ class Pipeline:
         if returncode != 0 or summary is None:
             raise RuntimeError(f"round {r} {name}: torchrun exited with {returncode}")
         return summary
+
+    def _engine_hooks(self, r: int, name: str) -> Hooks | None:
+        return self.hooks.train_hooks(r, name) if self.hooks.train_hooks else None
 
     def _tokens(self, checkpoints: str | None) -> int:
         if checkpoints is None:
@@ -401,14 +472,14 @@ def _finished(summary: dict[str, Any], r: int, name: str) -> dict[str, Any]:
     return summary
 
 
-def _train_result(summary: dict[str, Any], run_dir: Path, previous_tokens: int) -> dict[str, Any]:
+def _train_result(summary: dict[str, Any], previous_tokens: int) -> dict[str, Any]:
     tokens = int(summary["consumed_tokens"])
     per_token = float(summary.get("flops_per_token") or 0.0)
     return {
         "step": int(summary["final_step"]),
         "consumed_tokens": tokens,
         "flops": per_token * (tokens - previous_tokens),
-        "checkpoints": str(run_dir / "checkpoints"),
+        "checkpoints": str(Path(summary["run_dir"]) / "checkpoints"),
         "final_loss": summary.get("final_loss"),
     }
 

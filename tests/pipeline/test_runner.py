@@ -184,6 +184,42 @@ def test_influence_adam_version_preconditions_with_the_previous_round(pipeline_i
     assert stage.checkpoint.adam_state_params == []
 
 
+@pytest.fixture(scope="module")
+def three_shards(tmp_path_factory, tiny_shard, tokenizer_dir, corpus_texts):
+    folder = tmp_path_factory.mktemp("three_shards")
+    return make_inputs(folder, tiny_shard, tokenizer_dir, corpus_texts[-8:], num_shards=3)
+
+
+def test_rounds_in_one_engine_select_and_train_as_rounds_with_new_engines(
+    three_shards, tmp_path, monkeypatch
+):
+    import deepspeed
+
+    engines = []
+    initialize = deepspeed.initialize
+    monkeypatch.setattr(deepspeed, "initialize", lambda **kw: engines.append(1) or initialize(**kw))
+    runs = {}
+    for keep_engine in (True, False):
+        run_dir = tmp_path / f"keep_{keep_engine}"
+        config = tiny_config(
+            three_shards, run_dir, method="perplexity", eval={"enabled": False},
+        )  # fmt: skip
+        config.pretrain["launcher"] = {"type": "inprocess", "keep_engine": keep_engine}
+        runs[keep_engine] = (run_pipeline(config), run_dir)
+    assert engines == [1] + [1, 1, 1]  # one engine for three rounds, then one per round
+
+    (kept, kept_dir), (new, new_dir) = runs[True], runs[False]
+    assert [r["tokens"] for r in kept["rounds"]] == [r["tokens"] for r in new["rounds"]]
+    for r in (0, 1, 2):
+        losses = [json.loads((d / f"round_{r}/summary.json").read_text())["losses"]
+                  for d in (kept_dir, new_dir)]  # fmt: skip
+        np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+        assert len(losses[0]) == (4 if r == 0 else 3)
+    for r in (1, 2):  # round 2 selects with round 1's in-engine model
+        selections = [(d / f"round_{r}/scores.npy").read_bytes() for d in (kept_dir, new_dir)]
+        assert selections[0] == selections[1]
+
+
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("shards: []\n")
