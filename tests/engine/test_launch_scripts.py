@@ -31,23 +31,20 @@ def test_launch_script_is_python_and_its_config_loads(name):
 
 
 @pytest.mark.slow
-def test_tiny_cpu_script_trains_resumes_and_exports_with_two_ranks(tmp_path):
-    """``bash launch_scripts/pretrain_tiny_cpu.sh`` as a user types it: torchrun, 2 CPU ranks."""
+def test_tiny_cpu_script_trains_and_exports_with_two_ranks(tmp_path):
+    """``bash launch_scripts/pretrain_tiny_cpu.sh`` as a user types it: torchrun, 2 CPU ranks
+    (a rerun resuming from ``latest`` on 2 ranks: tests/engine/test_two_ranks.py)."""
     import json
     import subprocess
 
-    def run(steps: int) -> None:
-        env = child_env(
-            RUN_DIR=str(tmp_path / "run"),
-            MASTER_PORT=str(free_port()),
-            EXTRA=f"train.train_steps={steps} checkpoint.save_interval=2 "
-            "data.seq_length=32 logging.eval_interval=0 logging.progress_bar=false",
-        )
-        script = REPO_ROOT / "launch_scripts" / "pretrain_tiny_cpu.sh"
-        subprocess.run(["bash", str(script)], env=env, check=True, timeout=600)
-
-    run(4)
-    run(6)  # the rerun continues from checkpoints/latest
+    env = child_env(
+        RUN_DIR=str(tmp_path / "run"),
+        MASTER_PORT=str(free_port()),
+        EXTRA="train.train_steps=6 checkpoint.save_interval=2 "
+        "data.seq_length=32 logging.eval_interval=0 logging.progress_bar=false",
+    )
+    script = REPO_ROOT / "launch_scripts" / "pretrain_tiny_cpu.sh"
+    subprocess.run(["bash", str(script)], env=env, check=True, timeout=600)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4, 5, 6]
