@@ -30,7 +30,7 @@ from pathlib import Path
 
 from megatron_bliss import exit_codes
 from megatron_bliss.utils.launcher_env import launched_rank
-from megatron_bliss.utils.paths import shared_data_dir
+from megatron_bliss.utils.paths import REPO_ROOT, shared_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ def launch(config_path: str, tiny_data: bool = False, recipe: RecipeRunner | Non
     from megatron_bliss.utils.logging import setup_logging
 
     setup_logging()
+    # the bash half's build cache, also for `deepspeed X.sh` (DeepSpeed's CPU ops build once)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     overrides = [
         arg for arg in sys.argv[1:] if not arg.startswith(("--local_rank", "--local-rank"))
     ]
