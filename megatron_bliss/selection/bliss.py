@@ -57,11 +57,12 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("default", "paper")
 TARGET_DTYPES = ("auto", "float32", "bfloat16", "float64")
 DOTS = ("auto", "fd", "jvp", "graph")
+DIRECTION_PARAMS = ("all", "blocks")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
 PAPER_SETTINGS = {
     "solver": "paper", "paper_loops": 3, "paper_lr": 1e-2, "lamb": 1e-2, "normalize": "none",
-    "dots": "graph", "upper_batch_size": None,
+    "dots": "graph", "upper_batch_size": None, "direction_params": "all",
 }  # fmt: skip
 
 
@@ -118,6 +119,11 @@ class BlissSelector(Selector):
         """How ``c_i`` is computed: ``fd`` (central difference of two inference forwards),
         ``jvp`` (forward-mode AD), ``graph`` (double backward through the lower gradient),
         ``auto`` (fd unless the solver needs Hessian-vector products, which build the graph)."""
+        direction_params: str = "all"
+        """Where z lives: ``all`` parameters, or the transformer ``blocks`` only (z is zero on
+        the token embeddings, the final norm and the LM head, so ``c_i`` measures how a
+        sequence moves the layers that model context, not the unigram statistics the
+        embeddings and head hold, which shuffled or repeated text shares with real text)."""
         upper_batch_size: int | None = None
         """Pool sequences per outer step whose ``c_i`` trains the score model (none: batch_size).
         With jvp dots they are cheap, so many more draws per pool sequence fit the same time."""
@@ -162,7 +168,10 @@ class BlissSelector(Selector):
                 raise ValueError(
                     f"target_dtype '{self.target_dtype}' is not one of {', '.join(TARGET_DTYPES)}"
                 )
-            choices = {"solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS}
+            choices = {
+                "solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS,
+                "direction_params": DIRECTION_PARAMS,
+            }  # fmt: skip
             for name, known in choices.items():
                 if getattr(self, name) not in known:
                     raise ValueError(
@@ -428,6 +437,8 @@ class BlissSelector(Selector):
         total = hg.all_reduce_sum([torch.tensor(float(count))])[0].item()
         grads = torch.autograd.grad(loss_sum / max(total, 1.0), params, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        if self.config.direction_params == "blocks":
+            grads = restricted_to_blocks(self.proxy, grads)
         loss = hg.all_reduce_sum([loss_sum.detach().reshape(1)])[0].item() / max(total, 1.0)
         width = self.context.target_set.width(indices)  # the global batch's: as 1 rank counts
         self.spend("training", self.proxy, len(input_ids) * width, "train", width)
@@ -613,6 +624,16 @@ class BlissSelector(Selector):
         atomic_write_text(run_dir / "bliss_metrics.jsonl", lines)
         if self.diagnostics:
             atomic_write_json(run_dir / "bliss_diagnostics.json", self.diagnostics)
+
+
+def restricted_to_blocks(model: torch.nn.Module, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``grads`` (one per ``model.parameters()``) with zeros outside the transformer blocks."""
+    from megatron_bliss.models.compile import transformer_blocks
+
+    inside = {id(p) for block in transformer_blocks(model) for p in block.parameters()}
+    return [
+        g if id(p) in inside else torch.zeros_like(g) for g, p in zip(grads, model.parameters())
+    ]
 
 
 def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tensor):

@@ -143,7 +143,7 @@ def fd_sample_dots(
     return ((plus.double() - minus.double()) / (2.0 * step)).to(plus.dtype)
 
 
-NORMALIZATIONS = ("none", "standardize")
+NORMALIZATIONS = ("none", "standardize", "rank")
 
 
 def normalize_dots(dots: torch.Tensor, how: str) -> torch.Tensor:
@@ -157,6 +157,10 @@ def normalize_dots(dots: torch.Tensor, how: str) -> torch.Tensor:
         return dots
     if how == "standardize":
         centred = dots - dots.mean()
+        return centred / centred.std().clamp_min(torch.finfo(dots.dtype).tiny)
+    if how == "rank":
+        ranks = torch.argsort(torch.argsort(dots)).to(dots.dtype)
+        centred = ranks - ranks.mean()
         return centred / centred.std().clamp_min(torch.finfo(dots.dtype).tiny)
     raise ValueError(f"normalize '{how}' is not one of {', '.join(NORMALIZATIONS)}")
 

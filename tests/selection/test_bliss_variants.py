@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megatron_bliss.models.presets import build_model
-from megatron_bliss.selection.bliss import PAPER_SETTINGS, BlissSelector
+from megatron_bliss.selection.bliss import PAPER_SETTINGS, BlissSelector, restricted_to_blocks
 from megatron_bliss.selection.hypergrad import (
     LowerGraph,
     fd_sample_dots,
@@ -68,6 +68,14 @@ def test_adam_direction_is_the_bias_corrected_moment_ratio():
     assert not direction.needs_hvp
 
 
+def test_rank_signal_keeps_only_the_order_of_the_dots():
+    dots = torch.tensor([3.0, -1.0, 0.5, 1000.0], dtype=torch.float64)
+    signal = normalize_dots(dots, "rank")
+    expected = torch.tensor([1.0, -3.0, -1.0, 3.0], dtype=torch.float64) / (20.0 / 3.0) ** 0.5
+    torch.testing.assert_close(signal, expected)  # centred ranks 0..3 at unit std
+    assert torch.equal(normalize_dots(dots * 7.0 - 2.0, "rank"), signal)
+
+
 def test_standardized_signal_has_zero_mean_unit_std_and_its_surrogate_is_the_hypergradient():
     dots = torch.tensor([3.0, -1.0, 0.5, 10.0], dtype=torch.float64)
     signal = normalize_dots(dots, "standardize")
@@ -80,6 +88,16 @@ def test_standardized_signal_has_zero_mean_unit_std_and_its_surrogate_is_the_hyp
     weights = torch.softmax(scores.detach(), 0)
     expected = -weights * (signal - (weights * signal).sum())
     torch.testing.assert_close(scores.grad, expected)
+
+
+def test_a_blocks_direction_is_zero_outside_the_transformer_blocks(model_and_tokens):
+    model, _, z = model_and_tokens
+    restricted = dict(zip([n for n, _ in model.named_parameters()], restricted_to_blocks(model, z)))
+    for (name, _), original in zip(model.named_parameters(), z):
+        in_block = name.startswith("gpt_neox.layers.")
+        assert torch.equal(restricted[name], original if in_block else torch.zeros_like(original))
+    outside = [n for n in restricted if not n.startswith("gpt_neox.layers.")]
+    assert {"gpt_neox.embed_in.weight", "lm_head.weight"} <= set(outside)
 
 
 def test_paper_variant_applies_the_authors_settings_over_the_keys():
@@ -97,6 +115,7 @@ def test_paper_variant_applies_the_authors_settings_over_the_keys():
         ({"normalize": "cosine"}, "normalize 'cosine'"),
         ({"variant": "fast"}, "variant 'fast'"),
         ({"upper_batch_size": 0}, "upper_batch_size must be >= 1"),
+        ({"direction_params": "heads"}, "direction_params 'heads'"),
     ],
 )
 def test_invalid_settings_are_refused(changes, message):
