@@ -97,6 +97,8 @@ class Pipeline:
         self.launcher = config.launcher
         self.training: TrainPlan | None = None
         """The round the running engine trains (``_next_round`` finishes it)."""
+        self.rounds: list[dict[str, Any]] = []
+        """The finished rounds' records, in order (``pipeline.json``)."""
         if self.world.spmd and self.launcher.type != "inprocess":
             logger.info(
                 "pretrain.launcher.type=%s ignored: this job already runs on %d ranks, so "
@@ -112,7 +114,7 @@ class Pipeline:
             self.config = self.world.on_main(
                 "prepare data", lambda: prepare_data(self.config, self.run_dir)
             )
-        self.rounds: list[dict[str, Any]] = []
+        self.rounds = []
         while len(self.rounds) <= self.config.rounds():
             self._train(self._plan(len(self.rounds)))
         with self.world.stage("summary"):
@@ -191,7 +193,7 @@ class Pipeline:
         return select
 
     def _finish_round(self, plan: TrainPlan, train: dict[str, Any]) -> None:
-        """Optional decay branch, then evaluation of this round's model; the round's record."""
+        """Optional decay branch, then evaluation of this round's model; records the round."""
         c, r = self.config, plan.r
         evaluated, evaluated_hash = train["checkpoints"], train["hash"]
         if c.decay_steps > 0:
