@@ -36,7 +36,7 @@ from megatron_bliss.selection.config import load_select_config
 from megatron_bliss.selection.run import run_selection
 from megatron_bliss.utils.io import atomic_write_json
 from megatron_bliss.utils.logging import setup_logging
-from megatron_bliss.utils.paths import REPO_ROOT, shared_data_dir
+from megatron_bliss.utils.paths import resolve_shipped, shared_data_dir
 
 logger = logging.getLogger("planted_pool_auc")
 KINDS = {0: "c4", 1: "shuffled", 2: "boilerplate"}
@@ -124,7 +124,7 @@ def auc_per_kind(scores, labels, purity) -> dict[str, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "select_tiny_cpu.yaml"))
+    parser.add_argument("--config", default="configs/select_tiny_cpu.yaml")
     parser.add_argument("--methods", default="bliss,reducible,dsir,perplexity,random")
     parser.add_argument("--bliss-variants", default="", help="e.g. paper: bliss.variant=...")
     parser.add_argument(
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     start = time.perf_counter()
-    config = load_select_config(args.config)
+    config = load_select_config(resolve_shipped(args.config))  # recorded as given
     c4_pool, c4_target, smoke = load_texts()
     from megatron_bliss.data.tokenizer_training import train_bpe_tokenizer
 
