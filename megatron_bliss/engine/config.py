@@ -176,6 +176,10 @@ class CheckpointConfig:
     """Layers whose AdamW second moments (with step, betas, eps) go into ``adam_state.pt`` of
     every checkpoint, for Influence Distillation's Adam preconditioner: subset names
     (``down_proj``) or module-name suffixes. Empty (default): not written."""
+    snapshot_step: int | None = None
+    """Also write this step's checkpoint to ``RUN_DIR/snapshot/`` (one kept, whatever
+    ``keep_last``): a copy another job part may load while training goes on (the selection
+    ranks of ``selection.overlap``). None: none."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,7 @@ from megatron_bliss.utils.launcher_env import (
     launched_world_size,
     local_rank,
 )
+from megatron_bliss.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +162,86 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
         torch.cuda.set_device(context.local_rank)
         context.device = torch.device("cuda", context.local_rank)
     return context
+
+
+@dataclass(frozen=True)
+class JobPart:
+    """One of the two worlds a launched job was split into (``init_part``): its name, where its
+    ranks sit in the launched job, and the launch's store, which both parts share (the only
+    channel between them: no collective ever spans the two)."""
+
+    name: str
+    job_rank: int
+    job_world_size: int
+    first_job_rank: int
+    store: Any = None
+
+
+JOB_RANK = "MEGATRON_BLISS_JOB_RANK"
+"""After ``init_part``: this process's rank in the launched job (``RANK`` is its part's)."""
+
+
+def init_part(
+    device_type: str, last_ranks: int, names: tuple[str, str], timeout_minutes: float = 30.0
+) -> tuple[DistributedContext, JobPart]:
+    """Split the launched job into two independent worlds, the first ranks (``names[0]``) and
+    the last ``last_ranks`` (``names[1]``), and join this rank's as the default process group.
+
+    Each part then behaves as a job of its own (DeepSpeed, barriers and checkpoints see only its
+    ranks), so one part can train while the other works on something else. The launch's
+    rendezvous store (torchrun's agent store, or the one launched rank 0 hosts) is shared:
+    each part's process group lives under its own prefix of it, and the parts exchange messages
+    through it (``pipeline/overlap.py``). ``RANK``/``WORLD_SIZE`` become the part's; the
+    launched rank stays in ``MEGATRON_BLISS_JOB_RANK``.
+    """
+    import deepspeed
+
+    if dist.is_initialized():
+        raise RuntimeError("init_part: a process group already exists in this process")
+    export_slurm_variables()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    job_rank, job_world = int(os.environ.get("RANK", 0)), launched_world_size()
+    if not 1 <= last_ranks < job_world:
+        raise InputError(
+            f"splitting {job_world} launched ranks: the second part needs 1 to {job_world - 1} "
+            f"ranks, got {last_ranks}"
+        )
+    first = job_world - last_ranks
+    index = int(job_rank >= first)
+    start, size = (0, first) if index == 0 else (first, last_ranks)
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    store, _, _ = next(
+        dist.rendezvous("env://", rank=job_rank, world_size=job_world, timeout=timeout)
+    )
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"part_{names[index]}/", store),
+        rank=job_rank - start,
+        world_size=size,
+        timeout=timeout,
+    )
+    os.environ.update(
+        {JOB_RANK: str(job_rank), "RANK": str(job_rank - start), "WORLD_SIZE": str(size)}
+    )
+    setup_logging(part=names[index])  # the part's rank 0 logs as a job's rank 0 does
+    os.environ.pop("LOCAL_SIZE", None)  # DeepSpeed's CPU shm op would take the node's ranks as ours
+    if index == 1:  # the shm op names its segment after MASTER_PORT: each part has its own
+        os.environ["MASTER_PORT"] = str(int(os.environ.get("MASTER_PORT", "29500")) + 1)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+    atexit.register(_destroy_at_exit)
+    if size > 1:
+        host_group()
+    context = DistributedContext(rank(), world_size(), local_rank(), created_group=True)
+    if device_type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+        context.device = torch.device("cuda", context.local_rank)
+    part = JobPart(names[index], job_rank, job_world, start, store)
+    logger.info(
+        "launched rank %d: rank %d of the %d-rank part '%s'",
+        job_rank, context.rank, size, part.name,
+    )  # fmt: skip
+    return context, part
 
 
 def exit_without_teardown(code: int) -> None:

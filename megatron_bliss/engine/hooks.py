@@ -41,6 +41,7 @@ class Hooks:
         on_train_end: Callable[[dict[str, Any]], None] | None = None,
         on_validation: Callable[[int, dict[str, Any]], None] | None = None,
         on_engine_final: Callable[[Any], None] | None = None,
+        on_snapshot: Callable[[str], None] | None = None,
         stop_after_step: int | None = None,
         stop_with_checkpoint: bool = False,
     ):
@@ -49,6 +50,7 @@ class Hooks:
         self._train_end = on_train_end
         self._validation = on_validation
         self._engine_final = on_engine_final
+        self._snapshot = on_snapshot
         self.stop_after_step = stop_after_step
         self.stop_with_checkpoint = stop_with_checkpoint
 
@@ -65,6 +67,11 @@ class Hooks:
         """After a checkpoint folder was completely written (all ranks)."""
         if self._checkpoint:
             self._checkpoint(path)
+
+    def on_snapshot(self, path: str) -> None:
+        """After the snapshot checkpoint (``checkpoint.snapshot_step``) was completely written."""
+        if self._snapshot:
+            self._snapshot(path)
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         if self._train_end:

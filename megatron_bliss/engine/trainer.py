@@ -597,6 +597,8 @@ class TrainingStage:
                 stop = self._stop_request(preemption)
                 if self._checkpoint_due() or (stop is not None and stop.save):
                     self._save()
+                if self.step == self.config.checkpoint.snapshot_step:
+                    self._save_snapshot()
                 if stop is not None:
                     progress.close()
                     return self._finish(stop)
@@ -764,7 +766,7 @@ class TrainingStage:
         interval = self.config.checkpoint.save_interval
         return bool(interval) and self.step % interval == 0
 
-    def _save(self) -> None:
+    def _write_checkpoint(self, directory: Path, keep_last: int) -> Path:
         meta = {
             "step": self.step,
             "consumed_samples": self.consumed_samples,
@@ -780,20 +782,25 @@ class TrainingStage:
         if self.config.checkpoint.adam_state_params:  # before the shards: `latest` comes last
             save_adam_state(
                 self.engine,
-                self.checkpoint_dir / ckpt.tag_for(self.step),
+                directory / ckpt.tag_for(self.step),
                 self.config.checkpoint.adam_state_params,
                 self.context.rank,
             )
-        folder = ckpt.save_checkpoint(
-            self.engine,
-            self.checkpoint_dir,
-            self.step,
-            meta,
-            self.context.rank,
-            self.config.checkpoint.keep_last,
+        return ckpt.save_checkpoint(
+            self.engine, directory, self.step, meta, self.context.rank, keep_last
         )
+
+    def _save(self) -> None:
+        folder = self._write_checkpoint(self.checkpoint_dir, self.config.checkpoint.keep_last)
         self.last_saved = self.step
         self.hooks.on_checkpoint(str(folder))
+
+    def _save_snapshot(self) -> None:
+        """This step's state in ``RUN_DIR/snapshot/`` too, outside the resume chain (pruning
+        ``checkpoints/`` never removes it): what a concurrent reader loads."""
+        folder = self._write_checkpoint(self.run_dir / "snapshot", keep_last=1)
+        logger.info("step %d: snapshot checkpoint %s", self.step, folder)
+        self.hooks.on_snapshot(str(folder))
 
     def _finish(self, stop: StopRequest | None) -> dict[str, Any]:
         """The summary (also ``RUN_DIR/summary.json``). ``stop``: the run ended early, by a

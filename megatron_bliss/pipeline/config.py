@@ -113,6 +113,12 @@ class PipelineConfig:
     """In a multi-rank job: the ranks that train the selector (methods that can, e.g. BLISS; the
     first ``group_size`` ranks, ``selection/group.py``); none: the ranks of one node. Every rank
     scores. Sets ``select.group_size`` of every round."""
+    overlap: bool = False
+    """Select round r+1 on the last ``group_size`` launched ranks while the other ranks train
+    round r, from round r's state at ``snapshot_fraction`` of its steps (``overlap.py``); false:
+    every rank trains, then every rank takes part in the selection."""
+    snapshot_fraction: float = 0.5
+    """With ``overlap``: how far into a round its target is snapshotted for the next selection."""
     selections_from: str | None = None
     """Another run's directory: every round trains on that run's selection of the round instead
     of selecting (``SELECTIONS_FROM`` of the launch scripts; the paper trains its 2.8B model on
@@ -158,6 +164,12 @@ def check_pipeline_config(config: PipelineConfig, where: str) -> None:
     for name in ("warmup_fraction", "fraction"):
         if not 0 < getattr(config, name) <= 1:
             raise ConfigError(f"{where}: {name} must be in (0, 1], got {getattr(config, name)}")
+    if not 0 < config.snapshot_fraction <= 1:
+        raise ConfigError(
+            f"{where}: snapshot_fraction must be in (0, 1], got {config.snapshot_fraction}"
+        )
+    if config.overlap and config.selections_from:
+        raise ConfigError(f"{where}: overlap: nothing is selected with selections_from")
     if not config.lr_round_factor > 0:  # a negative factor would flip the LR's sign per round
         raise ConfigError(f"{where}: lr_round_factor must be > 0, got {config.lr_round_factor}")
     if "run_dir" in config.pretrain or "run_dir" in config.select:

@@ -143,17 +143,28 @@ def run_recipe(config_path: str, overrides: list[str]) -> int | None:
 
 
 def _run(pretrain: dict[str, Any], method: str, where: str, overrides: list[str]) -> None:
-    from megatron_bliss.pipeline.runner import run_pipeline, training_device_type
+    from megatron_bliss.pipeline.overlap import guarded, is_selection_part, selection_ranks
+    from megatron_bliss.pipeline.runner import (
+        run_pipeline,
+        run_selection_part,
+        training_device_type,
+    )
     from megatron_bliss.pipeline.world import PipelineWorld
 
-    world = PipelineWorld.join(training_device_type(pretrain))
-    if needs_split(pretrain):
-        world.use_run_dir(run_dir_of(pretrain))
-        shards = world.on_main("split shards", lambda: split_for_rounds(pretrain, where))
-        pretrain = merge(pretrain, {RECIPE_SECTION: {"shards": shards}})
-    config = recipe_config(pretrain, method, where)
-    logger.info("recipe: %s, %d rounds, run dir %s", method, config.rounds(), config.run_dir)
-    run_pipeline(config, where=where, overrides=overrides, world=world)
+    section = pretrain.get(RECIPE_SECTION) or {}
+    ranks = selection_ranks(bool(section.get("overlap")), section.get("group_size"), where)
+    world = PipelineWorld.join(training_device_type(pretrain), ranks)
+    with guarded(world):
+        if is_selection_part(world):  # the training part splits, prepares and posts the config
+            run_selection_part(world)
+            return
+        if needs_split(pretrain):
+            world.use_run_dir(run_dir_of(pretrain))
+            shards = world.on_main("split shards", lambda: split_for_rounds(pretrain, where))
+            pretrain = merge(pretrain, {RECIPE_SECTION: {"shards": shards}})
+        config = recipe_config(pretrain, method, where)
+        logger.info("recipe: %s, %d rounds, run dir %s", method, config.rounds(), config.run_dir)
+        run_pipeline(config, where=where, overrides=overrides, world=world)
 
 
 def run_dir_of(pretrain: dict[str, Any]) -> str:

@@ -40,12 +40,20 @@ from typing import Any
 import numpy as np
 
 from megatron_bliss.config import ConfigError, dump_yaml, merge
-from megatron_bliss.engine.checkpoint import has_step_folders
+from megatron_bliss.engine.checkpoint import has_step_folders, tag_for
 from megatron_bliss.engine.config import PretrainConfig
 from megatron_bliss.engine.hooks import Hooks, NextRound, RoundEnd
 from megatron_bliss.errors import MissingFileError
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig
+from megatron_bliss.pipeline.overlap import (
+    PartLink,
+    SnapshotHooks,
+    guarded,
+    is_selection_part,
+    selection_ranks,
+    snapshot_step,
+)
 from megatron_bliss.pipeline.preflight import preflight
 from megatron_bliss.pipeline.stage_configs import select_stage_config, train_stage_config
 from megatron_bliss.pipeline.stages import StageMarker
@@ -99,7 +107,11 @@ class Pipeline:
         """The round the running engine trains (``_next_round`` finishes it)."""
         self.rounds: list[dict[str, Any]] = []
         """The finished rounds' records, in order (``pipeline.json``)."""
-        if self.world.spmd and self.launcher.type != "inprocess":
+        self.link = PartLink(self.world, self.world.part) if self.world.part else None
+        """With ``overlap``: the channel to the job's other part (``overlap.py``)."""
+        self.offered: set[int] = set()
+        """The rounds whose target this (training) part has posted for the selection part."""
+        if (self.world.spmd or self.world.part) and self.launcher.type != "inprocess":
             logger.info(
                 "pretrain.launcher.type=%s ignored: this job already runs on %d ranks, so "
                 "training stages run in-process on all of them",
@@ -114,6 +126,8 @@ class Pipeline:
             self.config = self.world.on_main(
                 "prepare data", lambda: prepare_data(self.config, self.run_dir)
             )
+        if self.link is not None:
+            self.link.post("config", self.config)
         self.rounds = []
         while len(self.rounds) <= self.config.rounds():
             self._train(self._plan(len(self.rounds)))
@@ -136,12 +150,27 @@ class Pipeline:
             select = self._warmup_selection()
             return self._train_plan(0, select.hash, c.warmup_steps, 1.0, None, {})
         previous = self.rounds[-1]
-        select = self._round_selection(r, previous)
+        if self.link is not None:  # the selection part selects it (overlap.py)
+            selected = self.link.wait(f"selected/{r}", f"round {r}'s selection (selection ranks)")
+            upstream, result = selected["hash"], selected["result"]
+        else:
+            select = self._round_selection(r, previous)
+            upstream, result = select.hash, self._result(select)
         steps = c.warmup_steps + r * c.round_steps
         return self._train_plan(
-            r, select.hash, steps, c.lr_round_factor**r, previous["checkpoints"],
-            self._result(select).get("flops", {}),
+            r, upstream, steps, c.lr_round_factor**r, previous["checkpoints"],
+            result.get("flops", {}),
         )  # fmt: skip
+
+    def select_rounds(self) -> None:
+        """The selection part's run (``overlap``): round r's selection as soon as the training
+        part has posted round r-1's target snapshot, then the selection for the training part."""
+        for r in range(1, self.config.rounds() + 1):
+            target = self.link.wait(f"target/{r - 1}", f"round {r - 1}'s target (training ranks)")
+            previous = {"checkpoints": target["checkpoints"], "train_hash": target["train_hash"]}
+            select = self._round_selection(r, previous, target)
+            self.link.post(f"selected/{r}", {"hash": select.hash, "result": self._result(select)})
+        logger.info("selection part: all %d rounds selected", self.config.rounds())
 
     def _warmup_selection(self) -> StageMarker:
         c = self.config
@@ -175,7 +204,11 @@ class Pipeline:
         )  # fmt: skip
         select.complete({"flops": {}})
 
-    def _round_selection(self, r: int, previous: dict[str, Any]) -> StageMarker:
+    def _round_selection(
+        self, r: int, previous: dict[str, Any], target: dict[str, Any] | None = None
+    ) -> StageMarker:
+        """Round r's select stage with the round r-1 target (``target``: the snapshot the
+        training part posted, with ``overlap``)."""
         c = self.config
         inputs = {
             "method": c.method, "select": c.select, "shard": c.shards[r], "fraction": c.fraction,
@@ -184,13 +217,30 @@ class Pipeline:
         }  # fmt: skip
         if c.selections_from:
             inputs["selections_from"] = c.selections_from
+        if target is not None:
+            inputs["target_step"] = target["step"]
         select = StageMarker(self._round_dir(r), "select", inputs)
         with self.world.stage(f"round {r} select"):
             if not self._done(select):
                 self._before(r, "select")
                 result = self._select(r, previous)
+                if target is not None:
+                    self.world.write(lambda: self._record_target(r, target))
                 self.world.write(lambda: select.complete(result))
         return select
+
+    def _record_target(self, r: int, target: dict[str, Any]) -> None:
+        """Which state of the round r-1 target selected round r (``selection.json``)."""
+        path = self._round_dir(r) / "selection.json"
+        meta = json.loads(path.read_text())
+        checkpoints = Path(target["checkpoints"])
+        meta["target"] = {
+            "checkpoints": os.path.relpath(checkpoints, self.run_dir),
+            "step": target["step"],
+            "snapshot": target["snapshot"],
+            "snapshot_fraction": self.config.snapshot_fraction,
+        }
+        atomic_write_json(path, meta)
 
     def _finish_round(self, plan: TrainPlan, train: dict[str, Any]) -> None:
         """Optional decay branch, then evaluation of this round's model; records the round."""
@@ -276,6 +326,9 @@ class Pipeline:
             c, run_dir=round_dir, steps=steps, lr_multiplier=lr_multiplier,
             selection=round_dir / "selection.npy", shard=c.shards[r],
         )  # fmt: skip
+        if self.link is not None and r < c.rounds():  # the next round selects with its state
+            start = steps - (c.warmup_steps if r == 0 else c.round_steps)
+            config.checkpoint.snapshot_step = snapshot_step(start, steps, c.snapshot_fraction)
         marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
         return TrainPlan(r, config, marker, load, selection_flops)
 
@@ -285,8 +338,10 @@ class Pipeline:
         (``_next_round``) as long as the engine can take them."""
         with self.world.stage(f"round {plan.r} train"):
             if self._done(plan.marker):
+                self._offer_target(plan, final=True)
                 self._finish_round(plan, {**self._result(plan.marker), "hash": plan.marker.hash})
                 return
+            self._offer_target(plan)  # resumed past its snapshot: offered now
             self._before(plan.r, "train")
             round_dir = Path(plan.config.run_dir)
             own = self.world.agree(lambda: has_step_folders(round_dir / "checkpoints"))
@@ -300,7 +355,32 @@ class Pipeline:
         """Record round ``plan.r``'s training as finished, then finish the round."""
         tokens = self._tokens(plan.load)
         self.world.write(lambda: plan.marker.complete(_train_result(summary, tokens)))
+        self._offer_target(plan, final=True)
         self._finish_round(plan, {**self._result(plan.marker), "hash": plan.marker.hash})
+
+    def _offer_target(self, plan: TrainPlan, final: bool = False) -> None:
+        """Post round ``plan.r``'s target for the selection part (once, ``overlap``): its
+        snapshot when written; with ``final`` and none (the round was resumed from a checkpoint
+        past its snapshot step, whose snapshot was never completed), its last checkpoint."""
+        if self.link is None or plan.r >= self.config.rounds() or plan.r in self.offered:
+            return
+        step = plan.config.checkpoint.snapshot_step
+        snapshot = Path(plan.config.run_dir) / "snapshot"
+        written = self.world.agree(lambda: _latest_tag(snapshot) == tag_for(step))
+        checkpoints = snapshot
+        if not written:
+            if not final:
+                return
+            checkpoints = Path(plan.config.run_dir) / "checkpoints"
+            step = int(self._result(plan.marker)["step"])
+            logger.warning("round %d: no snapshot at step %s; the next round selects with "
+                           "its last checkpoint", plan.r, plan.config.checkpoint.snapshot_step)  # fmt: skip
+        self.offered.add(plan.r)
+        self.link.post(
+            f"target/{plan.r}",
+            {"checkpoints": str(checkpoints), "step": step, "train_hash": plan.marker.hash,
+             "snapshot": written},
+        )  # fmt: skip
 
     def _next_round(self, end: RoundEnd) -> NextRound | None:
         """The engine's round boundary: finish the round just trained (marker, decay branch,
@@ -412,7 +492,10 @@ class Pipeline:
         return summary
 
     def _engine_hooks(self, r: int, name: str) -> Hooks | None:
-        return self.hooks.train_hooks(r, name) if self.hooks.train_hooks else None
+        hooks = self.hooks.train_hooks(r, name) if self.hooks.train_hooks else None
+        if self.link is not None and name == "train":  # its snapshot goes to the selection part
+            return SnapshotHooks(hooks, lambda path: self._offer_target(self.training))
+        return hooks
 
     def _tokens(self, checkpoints: str | None) -> int:
         if checkpoints is None:
@@ -502,6 +585,11 @@ def _selection_flops(by_kind: dict[str, float] | float) -> dict[str, float]:
     }
 
 
+def _latest_tag(checkpoint_dir: Path) -> str | None:
+    latest = checkpoint_dir / "latest"
+    return latest.read_text().strip() if latest.exists() else None
+
+
 def _comparable(config: PretrainConfig) -> dict[str, Any]:
     """The parts of a stage config that decide its outputs: not where it resumes from or whether
     its checkpoints are trusted, and its own directory only as a placeholder (a reused warm-up
@@ -563,10 +651,24 @@ def run_pipeline(
 
     Under a launcher (torchrun, srun, deepspeed) every rank calls this: the process group is
     made here, once, and the checks run on rank 0 (their error reaches every rank)."""
-    world = world or PipelineWorld.join(training_device_type(config.pretrain))
-    with world.stage("preflight"):
-        world.agree(lambda: preflight(config, where, overrides))
-    return Pipeline(config, hooks, world).run()
+    if world is None:
+        ranks = selection_ranks(config.overlap, config.group_size, where)
+        world = PipelineWorld.join(training_device_type(config.pretrain), ranks)
+    with guarded(world):
+        if is_selection_part(world):
+            return run_selection_part(world)
+        with world.stage("preflight"):
+            world.agree(lambda: preflight(config, where, overrides))
+        return Pipeline(config, hooks, world).run()
+
+
+def run_selection_part(world: PipelineWorld) -> dict[str, Any]:
+    """The selection part of an overlapped job: the training part's prepared config, then
+    every round's selection (``overlap.py``)."""
+    link = PartLink(world, world.part)
+    config = link.wait("config", "the prepared config (training ranks)")
+    Pipeline(config, world=world).select_rounds()
+    return {"part": world.part.name, "rounds": config.rounds()}
 
 
 def training_device_type(pretrain: dict[str, Any]) -> str:

@@ -45,9 +45,12 @@ class PeerFailed(UserError):
 class PipelineWorld:
     """Rank, world size and the agreement steps of one pipeline run."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1):
+    def __init__(self, rank: int = 0, world_size: int = 1, part=None):
         self.rank = rank
         self.world_size = world_size
+        self.part = part
+        """``engine.distributed.JobPart`` when the launched job was split (``overlap.py``): this
+        world is then that part's ranks only."""
         self.sync_dir: Path | None = None
         """Where ``on_main`` leaves its files: ``RUN_DIR/SYNC_DIR`` (see ``use_run_dir``)."""
 
@@ -55,11 +58,17 @@ class PipelineWorld:
         self.sync_dir = Path(run_dir) / SYNC_DIR
 
     @classmethod
-    def join(cls, device_type: str) -> PipelineWorld:
+    def join(cls, device_type: str, selection_ranks: int | None = None) -> PipelineWorld:
         """The launched world (the process group is made now, once, for every stage), or a
-        world of one for a plain process."""
-        from megatron_bliss.engine.distributed import init_distributed
+        world of one for a plain process. ``selection_ranks``: split the launched job, and
+        join this rank's part (the last ``selection_ranks`` ranks select, ``overlap.py``)."""
+        from megatron_bliss.engine.distributed import init_distributed, init_part
 
+        if selection_ranks is not None:
+            from megatron_bliss.pipeline.overlap import PARTS
+
+            context, part = init_part(device_type, selection_ranks, PARTS)
+            return cls(context.rank, context.world_size, part)
         if launched_world_size() == 1 and not _group_exists():
             return cls()
         context = init_distributed(device_type)
