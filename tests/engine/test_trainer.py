@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,19 @@ def test_named_held_out_sets_are_logged_beside_val_loss(make_config, tiny_shard,
     (record,) = [r for r in read_metrics(tmp_path / "named") if "val_loss" in r]
     assert np.isfinite(record["val_loss"]) and np.isfinite(record["val_loss/other"])
     assert record["val_loss"] != record["val_loss/other"]
+
+
+def test_the_snapshot_step_is_saved_beside_the_checkpoints_and_kept(make_config, tmp_path):
+    """``checkpoint.snapshot_step``: that step's state in ``snapshot/`` (the hook hears of it),
+    outside ``checkpoints/``, whose pruning and resume point it does not touch."""
+    config = make_config(**{"train.train_steps": 4, "checkpoint.keep_last": 1})
+    config.checkpoint.snapshot_step = 3
+    snapshots = []
+    summary = pretrain(config, Hooks(on_snapshot=snapshots.append))
+    run_dir = Path(summary["run_dir"])
+    assert snapshots == [str(run_dir / "snapshot" / "global_step3")]
+    assert (run_dir / "snapshot/latest").read_text() == "global_step3"
+    assert (run_dir / "snapshot/global_step3/complete.json").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("global_step*")) == [
+        "global_step4"
+    ]
