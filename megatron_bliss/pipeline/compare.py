@@ -46,7 +46,10 @@ def run_configs(config: PipelineConfig, root: Path, k: int) -> tuple[PipelineCon
     shared = dataclasses.replace(
         config, seed=seed, prepare=PrepareSection(), target_heldout_fraction=0.0
     )
-    warmup = dataclasses.replace(shared, run_dir=str(seed_dir(root, k) / "warmup"), num_rounds=0)
+    stale = any(resolve_method(config, m).get("snapshot_target") for m in config.compare.methods)
+    warmup = dataclasses.replace(
+        shared, run_dir=str(seed_dir(root, k) / "warmup"), num_rounds=0, snapshot_target=stale
+    )  # with a snapshot when a method selects from snapshots (it changes nothing else)
     methods = {
         name: dataclasses.replace(
             shared,
@@ -66,12 +69,19 @@ def resolve_method(config: PipelineConfig, name: str) -> dict[str, Any]:
     variant = config.compare.variants.get(name)
     if variant is None:
         return {"method": name, "select": config.select}
-    unknown = set(variant) - {"method", "select"}
+    unknown = set(variant) - {"method", "select", "snapshot_target"}
     if unknown or "method" not in variant:
         raise ConfigError(
-            f"compare.variants.{name}: expected 'method' and optional 'select', got {sorted(variant)}"
+            f"compare.variants.{name}: expected 'method' and optional 'select' and "
+            f"'snapshot_target', got {sorted(variant)}"
         )
-    return {"method": variant["method"], "select": merge(config.select, variant.get("select", {}))}
+    resolved = {
+        "method": variant["method"],
+        "select": merge(config.select, variant.get("select", {})),
+    }
+    if "snapshot_target" in variant:
+        resolved["snapshot_target"] = bool(variant["snapshot_target"])
+    return resolved
 
 
 def run_compare(

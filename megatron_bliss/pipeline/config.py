@@ -72,7 +72,8 @@ class CompareSection:
     """The method whose final target-set loss the others' tokens-to-reach figures refer to."""
     variants: dict[str, dict] = field(default_factory=dict)
     """Named variants usable in ``methods``: ``{name: {method: bliss, select: {bliss: {...}}}}``
-    (the ``select`` part is merged over the config's); they share every seed's warm-up."""
+    (the ``select`` part is merged over the config's; ``snapshot_target: true`` selects from
+    each round's snapshot, as ``overlap`` does); they share every seed's warm-up."""
 
 
 @dataclass
@@ -119,6 +120,10 @@ class PipelineConfig:
     every rank trains, then every rank takes part in the selection."""
     snapshot_fraction: float = 0.5
     """With ``overlap``: how far into a round its target is snapshotted for the next selection."""
+    snapshot_target: bool = False
+    """Select each round with the previous round's snapshot (``snapshot_fraction``), as
+    ``overlap`` does, in a sequential run: what overlap's staler target costs, measured with
+    ``compare`` (a variant with ``snapshot_target: true``). Implied by ``overlap``."""
     selections_from: str | None = None
     """Another run's directory: every round trains on that run's selection of the round instead
     of selecting (``SELECTIONS_FROM`` of the launch scripts; the paper trains its 2.8B model on

@@ -111,6 +111,8 @@ class Pipeline:
         """With ``overlap``: the channel to the job's other part (``overlap.py``)."""
         self.offered: set[int] = set()
         """The rounds whose target this (training) part has posted for the selection part."""
+        self.plans: dict[int, TrainPlan] = {}
+        """The training stages planned so far, by round."""
         if (self.world.spmd or self.world.part) and self.launcher.type != "inprocess":
             logger.info(
                 "pretrain.launcher.type=%s ignored: this job already runs on %d ranks, so "
@@ -154,7 +156,10 @@ class Pipeline:
             selected = self.link.wait(f"selected/{r}", f"round {r}'s selection (selection ranks)")
             upstream, result = selected["hash"], selected["result"]
         else:
-            select = self._round_selection(r, previous)
+            target = self._target_of(self.plans[r - 1]) if c.snapshot_target else None
+            if target is not None:  # selects as an overlapped run would, with the snapshot
+                previous = {**previous, "checkpoints": target["checkpoints"]}
+            select = self._round_selection(r, previous, target)
             upstream, result = select.hash, self._result(select)
         steps = c.warmup_steps + r * c.round_steps
         return self._train_plan(
@@ -326,11 +331,13 @@ class Pipeline:
             c, run_dir=round_dir, steps=steps, lr_multiplier=lr_multiplier,
             selection=round_dir / "selection.npy", shard=c.shards[r],
         )  # fmt: skip
-        if self.link is not None and r < c.rounds():  # the next round selects with its state
+        if (self.link is not None or c.snapshot_target) and (r < c.rounds() or r == 0):
+            # the next round selects with this state (a warm-up always has a next round)
             start = steps - (c.warmup_steps if r == 0 else c.round_steps)
             config.checkpoint.snapshot_step = snapshot_step(start, steps, c.snapshot_fraction)
         marker = StageMarker(round_dir, "train", {"config": _comparable(config), "up": upstream})
-        return TrainPlan(r, config, marker, load, selection_flops)
+        self.plans[r] = TrainPlan(r, config, marker, load, selection_flops)
+        return self.plans[r]
 
     def _train(self, plan: TrainPlan) -> None:
         """Train round ``plan.r`` (resumed from its own checkpoints, even without ``latest``)
@@ -359,28 +366,32 @@ class Pipeline:
         self._finish_round(plan, {**self._result(plan.marker), "hash": plan.marker.hash})
 
     def _offer_target(self, plan: TrainPlan, final: bool = False) -> None:
-        """Post round ``plan.r``'s target for the selection part (once, ``overlap``): its
-        snapshot when written; with ``final`` and none (the round was resumed from a checkpoint
-        past its snapshot step, whose snapshot was never completed), its last checkpoint."""
+        """Post round ``plan.r``'s target for the selection part (once, ``overlap``)."""
         if self.link is None or plan.r >= self.config.rounds() or plan.r in self.offered:
             return
+        target = self._target_of(plan, final)
+        if target is not None:
+            self.offered.add(plan.r)
+            self.link.post(f"target/{plan.r}", target)
+
+    def _target_of(self, plan: TrainPlan, final: bool = True) -> dict[str, Any] | None:
+        """What round ``plan.r + 1`` selects with: the round's snapshot when written; with
+        ``final`` and none (a round resumed from a checkpoint past its snapshot step whose
+        snapshot was never completed, or a reused warm-up trained without one), its last
+        checkpoint; else None (not yet)."""
         step = plan.config.checkpoint.snapshot_step
         snapshot = Path(plan.config.run_dir) / "snapshot"
         written = self.world.agree(lambda: _latest_tag(snapshot) == tag_for(step))
         checkpoints = snapshot
         if not written:
             if not final:
-                return
+                return None
             checkpoints = Path(plan.config.run_dir) / "checkpoints"
             step = int(self._result(plan.marker)["step"])
             logger.warning("round %d: no snapshot at step %s; the next round selects with "
                            "its last checkpoint", plan.r, plan.config.checkpoint.snapshot_step)  # fmt: skip
-        self.offered.add(plan.r)
-        self.link.post(
-            f"target/{plan.r}",
-            {"checkpoints": str(checkpoints), "step": step, "train_hash": plan.marker.hash,
-             "snapshot": written},
-        )  # fmt: skip
+        return {"checkpoints": str(checkpoints), "step": step, "train_hash": plan.marker.hash,
+                "snapshot": written}  # fmt: skip
 
     def _next_round(self, end: RoundEnd) -> NextRound | None:
         """The engine's round boundary: finish the round just trained (marker, decay branch,
@@ -595,7 +606,7 @@ def _comparable(config: PretrainConfig) -> dict[str, Any]:
     its checkpoints are trusted, and its own directory only as a placeholder (a reused warm-up
     lives under another run's path)."""
     values = dataclasses.asdict(config)
-    ignored = ("load", "trust")
+    ignored = ("load", "trust", "snapshot_step")  # a snapshot adds a file, changes nothing
     values["checkpoint"] = {k: v for k, v in values["checkpoint"].items() if k not in ignored}
     if not values["checkpoint"]["adam_state_params"]:  # off: hashes of earlier runs still match
         del values["checkpoint"]["adam_state_params"]

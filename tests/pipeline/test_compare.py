@@ -101,3 +101,19 @@ def test_a_named_variant_runs_its_method_with_its_select_settings(tmp_path):
     assert resolve_method(config, "bliss")["select"] == config.select
     with pytest.raises(ConfigError, match=r"compare\.variants\.broken"):
         resolve_method(config, "broken")
+
+
+def test_a_snapshot_target_variant_gets_the_seeds_warmup_a_snapshot(tmp_path):
+    """A variant selecting from snapshots (overlap's staler target) shares the warm-up, which
+    then also writes its half-way snapshot; the other methods are unchanged."""
+    from megatron_bliss.pipeline.compare import run_configs
+
+    inputs = {"shards": ["s0", "s1"], "tokenizer": "tok", "target": "target.jsonl"}
+    config = tiny_config(inputs, tmp_path, compare={
+        "methods": ["bliss", "bliss_stale"],
+        "variants": {"bliss_stale": {"method": "bliss", "snapshot_target": True}},
+    })  # fmt: skip
+    warmup, methods = run_configs(config, tmp_path, 0)
+    assert warmup.snapshot_target and methods["bliss_stale"].snapshot_target
+    assert not methods["bliss"].snapshot_target
+    assert methods["bliss_stale"].reuse_warmup == methods["bliss"].reuse_warmup

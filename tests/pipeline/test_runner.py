@@ -254,3 +254,19 @@ def test_pipeline_prepares_shards_and_validates_from_a_raw_corpus(corpus_jsonl, 
     assert (tmp_path / "run/data/tokenizer/tokenizer.json").exists()
     lines = (tmp_path / "run/round_1/metrics.jsonl").read_text().splitlines()
     assert any("val_loss" in json.loads(line) for line in lines)
+
+
+def test_snapshot_target_selects_with_the_previous_rounds_snapshot(pipeline_inputs, tmp_path):
+    """``snapshot_target``: the sequential run selects as an overlapped one would, from the
+    warm-up's state at half its steps, and says so in ``selection.json``."""
+    run_dir = tmp_path / "stale"
+    config = tiny_config(
+        pipeline_inputs, run_dir, method="perplexity", snapshot_target=True, eval={"enabled": False}
+    )
+    run_pipeline(config)
+    target = json.loads((run_dir / "round_1/selection.json").read_text())["target"]
+    assert target == {
+        "checkpoints": "round_0/snapshot", "step": 2, "snapshot": True, "snapshot_fraction": 0.5
+    }  # fmt: skip
+    assert (run_dir / "round_0/snapshot/latest").read_text() == "global_step2"
+    assert not (run_dir / "round_1/snapshot").exists()  # the last round is followed by nothing
