@@ -14,7 +14,9 @@ file. Trained in-process, the rounds share one DeepSpeed engine: the engine's ro
 hook (``Pipeline._next_round``) finishes a round (its marker, decay branch and evaluation),
 selects the next round's data from the checkpoint it just wrote and hands that round back to the
 engine, which rebuilds its data in place and trains on (``launcher.keep_engine: false`` builds a
-new engine per round instead). Finished stages are skipped; a killed stage resumes from its own
+new engine per round instead). With ``overlap`` the job is split: the training part runs this
+class's rounds and the selection part its ``select_rounds``, round r+1's selection from round r's
+snapshot while round r trains (``overlap.py``). Finished stages are skipped; a killed stage resumes from its own
 checkpoints. A training
 stage stopped by SIGTERM/SIGUSR1 saves a checkpoint and is not recorded as finished: the pipeline
 stops with ``exit_codes.Interrupted`` and the next run resumes that stage.
@@ -157,9 +159,10 @@ class Pipeline:
             upstream, result = selected["hash"], selected["result"]
         else:
             target = self._target_of(self.plans[r - 1]) if c.snapshot_target else None
+            selects_with = previous  # training still continues from the round's last state
             if target is not None:  # selects as an overlapped run would, with the snapshot
-                previous = {**previous, "checkpoints": target["checkpoints"]}
-            select = self._round_selection(r, previous, target)
+                selects_with = {**previous, "checkpoints": target["checkpoints"]}
+            select = self._round_selection(r, selects_with, target)
             upstream, result = select.hash, self._result(select)
         steps = c.warmup_steps + r * c.round_steps
         return self._train_plan(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_bliss.config import ConfigError, from_dict
+from megatron_bliss.config import ConfigError, from_dict, read_yaml
 from megatron_bliss.engine.hooks import Hooks
 from megatron_bliss.exit_codes import Interrupted
 from megatron_bliss.pipeline.config import PipelineConfig, load_pipeline_config
@@ -263,7 +263,10 @@ def test_snapshot_target_selects_with_the_previous_rounds_snapshot(pipeline_inpu
     config = tiny_config(
         pipeline_inputs, run_dir, method="perplexity", snapshot_target=True, eval={"enabled": False}
     )
+    config.pretrain["launcher"] = {"type": "inprocess", "keep_engine": False}
     run_pipeline(config)
+    trained_from = read_yaml(run_dir / "round_1/config.yaml")["checkpoint"]["load"]
+    assert trained_from == str(run_dir / "round_0/checkpoints")  # only the selection is stale
     target = json.loads((run_dir / "round_1/selection.json").read_text())["target"]
     assert target == {
         "checkpoints": "round_0/snapshot", "step": 2, "snapshot": True, "snapshot_fraction": 0.5
