@@ -129,10 +129,8 @@ def join_launched_group(device_type: str) -> DistributedContext | None:
 
 def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> DistributedContext:
     """Join (or create) the default process group; gloo on CPU, nccl on GPUs."""
-    import deepspeed
-
-    context = DistributedContext()
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         export_slurm_variables()
         defaults = {
             "RANK": "0",
@@ -145,19 +143,29 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
                 os.environ[name] = value
         if "MASTER_PORT" not in os.environ:
             os.environ["MASTER_PORT"] = str(free_port())
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        deepspeed.init_distributed(
-            dist_backend=backend,
-            auto_mpi_discovery=False,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
-        )
-        context.created_group = True
-        atexit.register(_destroy_at_exit)
-        if dist.get_world_size() > 1:
-            host_group()  # collective: every rank makes it now, not at its first use
-    context.rank = rank()
-    context.world_size = world_size()
-    context.local_rank = local_rank()
+        _start_deepspeed(device_type, datetime.timedelta(minutes=timeout_minutes))
+    return _this_rank(device_type, created)
+
+
+def _backend(device_type: str) -> str:
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def _start_deepspeed(device_type: str, timeout: datetime.timedelta) -> None:
+    """DeepSpeed's communication over the default group (made here from the environment, or
+    already made by the caller), destroyed at exit; the host-side gloo group with it."""
+    import deepspeed
+
+    deepspeed.init_distributed(
+        dist_backend=_backend(device_type), auto_mpi_discovery=False, timeout=timeout
+    )
+    atexit.register(_destroy_at_exit)
+    if dist.get_world_size() > 1:
+        host_group()  # collective: every rank makes it now, not at its first use
+
+
+def _this_rank(device_type: str, created: bool) -> DistributedContext:
+    context = DistributedContext(rank(), world_size(), local_rank(), created_group=created)
     if device_type == "cuda":
         torch.cuda.set_device(context.local_rank)
         context.device = torch.device("cuda", context.local_rank)
@@ -166,19 +174,12 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Distrib
 
 @dataclass(frozen=True)
 class JobPart:
-    """One of the two worlds a launched job was split into (``init_part``): its name, where its
-    ranks sit in the launched job, and the launch's store, which both parts share (the only
-    channel between them: no collective ever spans the two)."""
+    """One of the two worlds a launched job was split into (``init_part``): its name and the
+    launch's store, which both parts share (the only channel between them: no collective ever
+    spans the two)."""
 
     name: str
-    job_rank: int
-    job_world_size: int
-    first_job_rank: int
     store: Any = None
-
-
-JOB_RANK = "MEGATRON_BLISS_JOB_RANK"
-"""After ``init_part``: this process's rank in the launched job (``RANK`` is its part's)."""
 
 
 def init_part(
@@ -191,11 +192,8 @@ def init_part(
     ranks), so one part can train while the other works on something else. The launch's
     rendezvous store (torchrun's agent store, or the one launched rank 0 hosts) is shared:
     each part's process group lives under its own prefix of it, and the parts exchange messages
-    through it (``pipeline/overlap.py``). ``RANK``/``WORLD_SIZE`` become the part's; the
-    launched rank stays in ``MEGATRON_BLISS_JOB_RANK``.
+    through it (``pipeline/overlap.py``). ``RANK``/``WORLD_SIZE`` become the part's.
     """
-    import deepspeed
-
     if dist.is_initialized():
         raise RuntimeError("init_part: a process group already exists in this process")
     export_slurm_variables()
@@ -213,35 +211,25 @@ def init_part(
     store, _, _ = next(
         dist.rendezvous("env://", rank=job_rank, world_size=job_world, timeout=timeout)
     )
-    backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(
-        backend,
+        _backend(device_type),
         store=dist.PrefixStore(f"part_{names[index]}/", store),
         rank=job_rank - start,
         world_size=size,
         timeout=timeout,
     )
-    os.environ.update(
-        {JOB_RANK: str(job_rank), "RANK": str(job_rank - start), "WORLD_SIZE": str(size)}
-    )
+    os.environ.update({"RANK": str(job_rank - start), "WORLD_SIZE": str(size)})
     setup_logging(part=names[index])  # the part's rank 0 logs as a job's rank 0 does
     os.environ.pop("LOCAL_SIZE", None)  # DeepSpeed's CPU shm op would take the node's ranks as ours
     if index == 1:  # the shm op names its segment after MASTER_PORT: each part has its own
         os.environ["MASTER_PORT"] = str(int(os.environ.get("MASTER_PORT", "29500")) + 1)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
-    atexit.register(_destroy_at_exit)
-    if size > 1:
-        host_group()
-    context = DistributedContext(rank(), world_size(), local_rank(), created_group=True)
-    if device_type == "cuda":
-        torch.cuda.set_device(context.local_rank)
-        context.device = torch.device("cuda", context.local_rank)
-    part = JobPart(names[index], job_rank, job_world, start, store)
+    _start_deepspeed(device_type, timeout)
+    context = _this_rank(device_type, created=True)
     logger.info(
         "launched rank %d: rank %d of the %d-rank part '%s'",
-        job_rank, context.rank, size, part.name,
+        job_rank, context.rank, size, names[index],
     )  # fmt: skip
-    return context, part
+    return context, JobPart(names[index], store)
 
 
 def exit_without_teardown(code: int) -> None:

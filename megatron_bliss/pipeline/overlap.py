@@ -58,10 +58,6 @@ class PartLink:
         self.part = part
         self.prefix = prefix
 
-    @property
-    def is_training(self) -> bool:
-        return self.part.name == TRAIN
-
     def post(self, key: str, value: Any) -> None:
         if self.world.is_main:
             self.part.store.set(self.prefix + key, pickle.dumps(value))

@@ -53,8 +53,8 @@ def link_pair() -> tuple[PartLink, PartLink]:
     import torch.distributed as dist
 
     store = dist.HashStore()
-    train = PartLink(PipelineWorld(), JobPart("train", 0, 2, 0, store))
-    select = PartLink(PipelineWorld(), JobPart("select", 1, 2, 1, store))
+    train = PartLink(PipelineWorld(), JobPart("train", store))
+    select = PartLink(PipelineWorld(), JobPart("select", store))
     return train, select
 
 
