@@ -111,7 +111,16 @@ class BlissSelector(Selector):
         scratch; raw ``c_i``; dots by double backward), whatever the keys below say."""
         solver: str = "adam"
         """Direction z: ``adam`` (Adam moments of grad f across outer steps), ``identity``
-        (z = grad f), ``cg`` or ``paper`` (solvers of (H + lamb I) z = grad f); see solvers.py."""
+        (z = grad f), ``cg`` or ``paper`` (solvers of (H + lamb I) z = grad f), or
+        ``unrolled`` (the displacement of a proxy copy after ``unroll_steps`` AdamW steps on the
+        target set); see solvers.py."""
+        unroll_steps: int = 50
+        unroll_lr: float = 1e-3
+        """The ``unrolled`` copy's AdamW steps (cosine schedule, 10% warm-up) and peak LR; its
+        batches are ``target_batch_size`` target-set examples."""
+        unroll_refresh: int = 0
+        """Recompute the ``unrolled`` z every this many outer steps, from the current proxy
+        (0: once per round, at the first outer step)."""
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
@@ -179,7 +188,10 @@ class BlissSelector(Selector):
                     )
             if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
                 raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
-            for name in ("outer_steps", "batch_size", "target_batch_size", "upper_batch_size"):
+            if self.unroll_refresh < 0:
+                raise ValueError("unroll_refresh must be >= 0")
+            names = ("outer_steps", "batch_size", "target_batch_size", "upper_batch_size")
+            for name in names + ("unroll_steps",):
                 if getattr(self, name) is not None and getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1")
 
@@ -340,10 +352,56 @@ class BlissSelector(Selector):
                 state.sampler.train(self.config.batch_size), state.proxy_opt
             )
         state.proxy_sched.step()
+        if self._direction_is_due(state):
+            state.direction.set_fixed(self.unrolled_direction(state.sampler))
         record = self._upper_step(state.sampler, state.direction, state.score_opt)
         state.score_sched.step()
+        state.steps += 1
         record["lower_loss"] = lower_loss
         return record
+
+    def _direction_is_due(self, state: LoopState) -> bool:
+        """Whether the ``unrolled`` z must be (re)made before this outer step."""
+        if state.direction.settings.name != "unrolled":
+            return False
+        refresh = self.config.unroll_refresh
+        return state.direction.fixed is None or (refresh > 0 and state.steps % refresh == 0)
+
+    def unrolled_direction(self, sampler: BatchSampler) -> list[torch.Tensor]:
+        """``theta_K - theta``: where ``unroll_steps`` AdamW steps on the target set take a copy
+        of the current proxy (data-parallel like the loop: each rank its share of a batch)."""
+        c = self.config
+        copy_ = copy.deepcopy(self.proxy)
+        optimizer = torch.optim.AdamW(
+            copy_.parameters(), lr=c.unroll_lr, betas=(c.beta1, c.beta2), weight_decay=0.0
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, cosine_with_warmup(c.unroll_steps, 0.1)
+        )
+        for _ in range(c.unroll_steps):
+            indices = sampler.target(c.target_batch_size)
+            input_ids, labels = self.context.target_set.batch(self._local(indices))
+            input_ids, labels = input_ids.to(self.context.device), labels.to(self.context.device)
+            loss_sum, count = target_loss_sum(copy_, input_ids, labels)
+            total = hg.all_reduce_sum([torch.tensor(float(count))])[0].item()
+            optimizer.zero_grad(set_to_none=True)
+            (loss_sum / max(total, 1.0)).backward()
+            reduce_gradients(copy_)
+            torch.nn.utils.clip_grad_norm_(copy_.parameters(), c.grad_clip)
+            optimizer.step()
+            schedule.step()
+            width = self.context.target_set.width(indices)
+            self.spend("training", copy_, len(input_ids) * width, "train", width)
+        with torch.no_grad():
+            z = [
+                moved.detach() - start.detach()
+                for moved, start in zip(copy_.parameters(), self.proxy.parameters())
+            ]
+        if c.direction_params == "blocks":
+            z = restricted_to_blocks(self.proxy, z)
+        logger.info("bliss: unrolled direction from %d target-set steps (|z| %.4g)",
+                    c.unroll_steps, float(torch.sqrt(sum((v**2).sum() for v in z))))  # fmt: skip
+        return z
 
     def _train(self) -> None:
         c = self.config
@@ -444,9 +502,24 @@ class BlissSelector(Selector):
         self.spend("training", self.proxy, len(input_ids) * width, "train", width)
         return hg.all_reduce_sum(grads), loss
 
+    def _target_loss(self, indices: np.ndarray) -> float:
+        """The proxy's mean loss on a global target-set batch, without a gradient."""
+        input_ids, labels = self.context.target_set.batch(self._local(indices))
+        input_ids, labels = input_ids.to(self.context.device), labels.to(self.context.device)
+        with torch.no_grad():
+            loss_sum, count = target_loss_sum(self.proxy, input_ids, labels)
+        total, summed = hg.all_reduce_sum([torch.tensor([float(count), float(loss_sum)])])[0]
+        width = self.context.target_set.width(indices)
+        self.spend("training", self.proxy, len(input_ids) * width, "forward", width)
+        return summed.item() / max(total.item(), 1.0)
+
     def _upper_step(self, sampler, direction: Direction, optimizer) -> dict:
         c = self.config
-        grad_f, target_loss = self._target_gradient(sampler.target(c.target_batch_size))
+        target_batch = sampler.target(c.target_batch_size)
+        if direction.needs_target_gradient:
+            grad_f, target_loss = self._target_gradient(target_batch)
+        else:  # the loss is only logged: a forward
+            grad_f, target_loss = None, self._target_loss(target_batch)
         indices = sampler.train(c.draws_per_step)
         tokens = pool_batch(self.context.pool, self._local(indices), self.context.device)
         local_scores = self.score_model(tokens[:, :-1])
@@ -556,9 +629,12 @@ class BlissSelector(Selector):
         return result
 
     def _final_direction(self, rng: np.random.Generator) -> list[torch.Tensor]:
-        """The z the score model learned from: the adam moments, else a fresh solve."""
+        """The z the score model learned from: the adam moments or the unrolled displacement,
+        else a fresh solve."""
         if self.direction is not None and self.direction.moments is not None:
             return self.direction.moments.current()
+        if self.direction is not None and self.direction.fixed is not None:
+            return self.direction.fixed
         batch = rng.choice(len(self.context.target_set), size=self.config.target_batch_size)
         grad_f, _ = self._target_gradient(np.asarray(batch))
         if not self.direction.needs_hvp:
@@ -661,6 +737,8 @@ class LoopState:
     score_sched: torch.optim.lr_scheduler.LRScheduler
     sampler: BatchSampler
     direction: Direction
+    steps: int = 0
+    """Outer steps taken."""
 
 
 class BatchSampler:

@@ -12,6 +12,12 @@ backward passes of the proxy. Four directions:
 * ``cg``: conjugate gradient on the damped system from ``z = 0``, ``cg_iters`` steps or until the
   relative residual is below ``cg_tol``; it stops on non-positive curvature (an LM's Hessian is
   indefinite) keeping the last iterate. The relative residual is logged every outer step.
+* ``unrolled``: ``z = theta_K - theta``, the displacement of a copy of the proxy after K AdamW
+  steps on the target set (``unroll_steps``, ``unroll_lr``), so ``c_i = g_i . z`` is the
+  first-order drop of sequence i's loss along the whole fine-tuning path, not only its first
+  step: the curvature the path meets is in z. Reducible loss is the same displacement taken at
+  finite size; ``unrolled`` keeps BLISS's linear ``c_i`` and its score model. No HVPs; K extra
+  target-set steps whenever z is refreshed.
 * ``adam``: ``z = m_hat / (sqrt(v_hat) + eps)`` from Adam's moments of ``grad f`` kept across
   outer steps: the step an AdamW-trained model would take on the target set, so ``c_i = g_i . z``
   is the first-order drop of sequence i's loss when the target is trained on the target set (the
@@ -19,7 +25,8 @@ backward passes of the proxy. Four directions:
   gradient statistics, not an approximation of the lower-level Hessian; no HVPs. Its moments
   also average ``grad f`` over many target batches, which a per-step solver cannot.
 
-**Default: ``identity``, chosen by measurement** (2-core CPU, this repository):
+**How the solvers compare** (2-core CPU, this repository; the default is in
+``BlissSelector.Config`` and README "Efficacy" gives the measurement that chose it):
 
 * Fidelity on a small problem with an exact answer (tests/selection/test_hypergrad.py, softmax
   regression, cond(H + lamb I) ~ 440 and ~640): cosine with the exact implicit hypergradient
@@ -46,7 +53,7 @@ from megatron_bliss.selection.hypergrad import dot
 
 logger = logging.getLogger(__name__)
 
-SOLVERS = ("paper", "identity", "cg", "adam")
+SOLVERS = ("paper", "identity", "cg", "adam", "unrolled")
 NEEDS_HVP = ("paper", "cg")
 Tensors = list[torch.Tensor]
 HvpFn = Callable[[Sequence[torch.Tensor]], Tensors]
@@ -159,19 +166,34 @@ class TargetMoments:
 
 
 class Direction:
-    """The z of every outer step: a stateless solver, or the ``adam`` moments kept across steps."""
+    """The z of every outer step: a stateless solver, the ``adam`` moments kept across steps, or
+    the ``unrolled`` displacement, which the selector computes (it trains a copy of the proxy)
+    and hands over with ``set_fixed``."""
 
     def __init__(self, settings: SolverSettings):
         if settings.name not in SOLVERS:
             raise ValueError(f"unknown solver '{settings.name}' (known: {', '.join(SOLVERS)})")
         self.settings = settings
         self.moments = TargetMoments(settings) if settings.name == "adam" else None
+        self.fixed: Tensors | None = None
 
     @property
     def needs_hvp(self) -> bool:
         return self.settings.name in NEEDS_HVP
 
-    def __call__(self, hvp: HvpFn | None, rhs: Sequence[torch.Tensor]):
+    @property
+    def needs_target_gradient(self) -> bool:
+        """Whether each outer step's ``grad f`` enters z (``unrolled`` makes its own)."""
+        return self.settings.name != "unrolled"
+
+    def set_fixed(self, z: Sequence[torch.Tensor]) -> None:
+        self.fixed = [v.detach() for v in z]
+
+    def __call__(self, hvp: HvpFn | None, rhs: Sequence[torch.Tensor] | None):
+        if self.settings.name == "unrolled":
+            if self.fixed is None:
+                raise ValueError("solver 'unrolled': set_fixed() was not called before use")
+            return self.fixed, SolveInfo(iterations=0)
         if self.moments is not None:
             return self.moments(hvp, rhs)
         return solve(hvp, rhs, self.settings)
