@@ -47,7 +47,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "proxywarm": ("a proxy warmed up on the pool, not the target's copy",
                   {"proxy_init": None, "proxy_preset": "pythia-tiny-128",
                    "proxy_warmup_steps": 300, "proxy_warmup_lr": 3.0e-3}),
-    "unrolled": ("z = displacement after 50 AdamW steps on the target set", {"solver": "unrolled"}),
+    "unrolled": ("z = minus the displacement of 50 AdamW steps on the target set", {"solver": "unrolled"}),
     "unrolled_r20": ("unrolled, z remade from the moving proxy every 20 outer steps",
                      {"solver": "unrolled", "unroll_refresh": 20}),
 }  # fmt: skip

@@ -112,8 +112,8 @@ class BlissSelector(Selector):
         solver: str = "adam"
         """Direction z: ``adam`` (Adam moments of grad f across outer steps), ``identity``
         (z = grad f), ``cg`` or ``paper`` (solvers of (H + lamb I) z = grad f), or
-        ``unrolled`` (the displacement of a proxy copy after ``unroll_steps`` AdamW steps on the
-        target set); see solvers.py."""
+        ``unrolled`` (minus the displacement of a proxy copy after ``unroll_steps`` AdamW steps on
+        the target set); see solvers.py."""
         unroll_steps: int = 50
         unroll_lr: float = 1e-3
         """The ``unrolled`` copy's AdamW steps (cosine schedule, 10% warm-up) and peak LR; its
@@ -368,8 +368,11 @@ class BlissSelector(Selector):
         return state.direction.fixed is None or (refresh > 0 and state.steps % refresh == 0)
 
     def unrolled_direction(self, sampler: BatchSampler) -> list[torch.Tensor]:
-        """``theta_K - theta``: where ``unroll_steps`` AdamW steps on the target set take a copy
-        of the current proxy (data-parallel like the loop: each rank its share of a batch)."""
+        """``theta - theta_K``, where ``unroll_steps`` AdamW steps on the target set take a copy
+        of the current proxy (data-parallel like the loop: each rank its share of a batch). The
+        sign is that of ``grad f`` (a descent step moves against it), so ``c_i = g_i . z > 0``
+        means that training on sequence i moves the proxy the way the target set's training
+        does: ``g_i . z`` is the first-order form of ``L_i(theta) - L_i(theta_K)``."""
         c = self.config
         copy_ = copy.deepcopy(self.proxy)
         optimizer = torch.optim.AdamW(
@@ -394,7 +397,7 @@ class BlissSelector(Selector):
             self.spend("training", copy_, len(input_ids) * width, "train", width)
         with torch.no_grad():
             z = [
-                moved.detach() - start.detach()
+                start.detach() - moved.detach()
                 for moved, start in zip(copy_.parameters(), self.proxy.parameters())
             ]
         if c.direction_params == "blocks":

@@ -12,12 +12,12 @@ backward passes of the proxy. Four directions:
 * ``cg``: conjugate gradient on the damped system from ``z = 0``, ``cg_iters`` steps or until the
   relative residual is below ``cg_tol``; it stops on non-positive curvature (an LM's Hessian is
   indefinite) keeping the last iterate. The relative residual is logged every outer step.
-* ``unrolled``: ``z = theta_K - theta``, the displacement of a copy of the proxy after K AdamW
-  steps on the target set (``unroll_steps``, ``unroll_lr``), so ``c_i = g_i . z`` is the
-  first-order drop of sequence i's loss along the whole fine-tuning path, not only its first
-  step: the curvature the path meets is in z. Reducible loss is the same displacement taken at
-  finite size; ``unrolled`` keeps BLISS's linear ``c_i`` and its score model. No HVPs; K extra
-  target-set steps whenever z is refreshed.
+* ``unrolled``: ``z = theta - theta_K``, minus the displacement of a copy of the proxy after K
+  AdamW steps on the target set (``unroll_steps``, ``unroll_lr``; the sign of ``grad f``, which a
+  descent step moves against), so ``c_i = g_i . z`` is the first-order drop of sequence i's loss
+  along the whole fine-tuning path, not only its first step: the curvature the path meets is in
+  z. Reducible loss is the same drop taken at finite size; ``unrolled`` keeps BLISS's linear
+  ``c_i`` and its score model. No HVPs; K extra target-set steps whenever z is refreshed.
 * ``adam``: ``z = m_hat / (sqrt(v_hat) + eps)`` from Adam's moments of ``grad f`` kept across
   outer steps: the step an AdamW-trained model would take on the target set, so ``c_i = g_i . z``
   is the first-order drop of sequence i's loss when the target is trained on the target set (the

@@ -1,4 +1,5 @@
-"""BLISS's ``unrolled`` direction: z is the displacement of a proxy copy trained on the target set."""
+"""BLISS's ``unrolled`` direction: z is minus the displacement of a proxy copy trained on the
+target set."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from megatron_bliss.data.target_set import TargetSet
 from megatron_bliss.models.presets import build_model
 from megatron_bliss.selection.base import SelectionContext
 from megatron_bliss.selection.bliss import BatchSampler, BlissSelector
+from megatron_bliss.selection.hypergrad import dot
 from megatron_bliss.selection.proxy import cosine_with_warmup, freeze, target_loss_sum
 from megatron_bliss.selection.solvers import Direction, SolverSettings
 
@@ -62,7 +64,7 @@ def _trained_copy(proxy, target_set, batches, settings):
     return model
 
 
-def test_unrolled_direction_is_the_displacement_of_a_copy_trained_on_the_target_set(
+def test_unrolled_direction_is_minus_the_displacement_of_a_copy_trained_on_the_target_set(
     tiny_shard, tokenizer_dir, corpus_texts, tmp_path
 ):
     selector = _selector(tiny_shard, tokenizer_dir, corpus_texts, tmp_path)
@@ -74,10 +76,22 @@ def test_unrolled_direction_is_the_displacement_of_a_copy_trained_on_the_target_
     batches = [replay.target(SETTINGS.target_batch_size) for _ in range(SETTINGS.unroll_steps)]
     trained = _trained_copy(selector.proxy, selector.context.target_set, batches, SETTINGS)
     for v, moved, start in zip(z, trained.parameters(), before):
-        torch.testing.assert_close(v, moved.detach() - start, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(v, start - moved.detach(), rtol=1e-9, atol=1e-12)
     assert sum(float(v.abs().sum()) for v in z) > 0
     for parameter, saved in zip(selector.proxy.parameters(), before):
         assert torch.equal(parameter, saved)  # the proxy itself does not move
+
+
+def test_unrolled_direction_points_along_the_target_gradient(
+    tiny_shard, tokenizer_dir, corpus_texts, tmp_path
+):
+    """The sign the score model relies on: ``c_i > 0`` for data that lowers the target-set loss,
+    as with ``z = grad f`` (a descent step moves against z)."""
+    selector = _selector(tiny_shard, tokenizer_dir, corpus_texts, tmp_path, unroll_lr=1e-3)
+    selector.proxy = copy.deepcopy(selector.context.target_model).requires_grad_(True).train()
+    z = selector.unrolled_direction(BatchSampler(100, len(selector.context.target_set), seed=5))
+    grad_f, _ = selector._target_gradient(np.arange(len(selector.context.target_set)))
+    assert float(dot(z, grad_f)) > 0
 
 
 def test_unrolled_direction_must_be_set_before_use():
