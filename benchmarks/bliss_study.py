@@ -50,6 +50,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "unrolled": ("z = minus the displacement of 50 AdamW steps on the target set", {"solver": "unrolled"}),
     "unrolled_r20": ("unrolled, z remade from the moving proxy every 20 outer steps",
                      {"solver": "unrolled", "unroll_refresh": 20}),
+    "direct": ("the pool ranked by g_i . z itself (adam z), no score model",
+               {"ranking": "alignment"}),
+    "unrolled_direct": ("the pool ranked by g_i . z itself (unrolled z), no score model",
+                        {"solver": "unrolled", "ranking": "alignment"}),
 }  # fmt: skip
 
 

@@ -58,6 +58,7 @@ VARIANTS = ("default", "paper")
 TARGET_DTYPES = ("auto", "float32", "bfloat16", "float64")
 DOTS = ("auto", "fd", "jvp", "graph")
 DIRECTION_PARAMS = ("all", "blocks")
+RANKINGS = ("score_model", "alignment")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
 PAPER_SETTINGS = {
@@ -118,6 +119,12 @@ class BlissSelector(Selector):
         unroll_lr: float = 1e-3
         """The ``unrolled`` copy's AdamW steps (cosine schedule, 10% warm-up) and peak LR; its
         batches are ``target_batch_size`` target-set examples."""
+        ranking: str = "score_model"
+        """What ranks the pool: the trained ``score_model`` (BLISS), or ``alignment``: the direct
+        ``g_i . z`` of every pool sequence at the final proxy, with the z the score model
+        learned from (two proxy forwards per sequence; a study of what the score model's fit
+        costs, not the paper's method; every scoring rank needs the proxy, so the selection
+        group must be the whole job)."""
         unroll_refresh: int = 0
         """Recompute the ``unrolled`` z every this many outer steps, from the current proxy
         (0: once per round, at the first outer step)."""
@@ -179,7 +186,7 @@ class BlissSelector(Selector):
                 )
             choices = {
                 "solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS,
-                "direction_params": DIRECTION_PARAMS,
+                "direction_params": DIRECTION_PARAMS, "ranking": RANKINGS,
             }  # fmt: skip
             for name, known in choices.items():
                 if getattr(self, name) not in known:
@@ -657,6 +664,8 @@ class BlissSelector(Selector):
     def score(self) -> np.ndarray:
         if self.score_model is None:
             raise ValueError("bliss: call fit() before score()")
+        if self.config.ranking == "alignment":
+            return self._alignment_scores()
         start = time.perf_counter()
         scores = score_pool(
             self.score_model,
@@ -678,6 +687,31 @@ class BlissSelector(Selector):
             self.diagnostics = self._diagnose(scores)
             self.flops = spent
         return scores
+
+    def _alignment_scores(self) -> np.ndarray:
+        """``g_i . z`` of every pool sequence, computed by this rank whole (no collective)."""
+        if self.proxy is None:
+            raise ConfigError("bliss.ranking 'alignment' needs the proxy on every scoring rank")
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        z = self._final_direction(np.random.default_rng([self.context.seed, 29]))
+        pool, size = self.context.pool, self.config.score_batch_size
+        scores = []
+        for first in tqdm(
+            range(0, len(pool), size),
+            desc="bliss: alignment",
+            leave=False,
+            disable=hg.rank() != 0 or None,
+        ):
+            chunk = np.arange(first, min(first + size, len(pool)))
+            tokens = pool_batch(pool, chunk, self.context.device)
+            scores.append(self.alignment(tokens, z).float().cpu().numpy())
+        self.seconds["scoring"] += time.perf_counter() - start
+        self.spend(
+            "scoring", self.proxy, len(pool) * pool.seq_length, PASS_OF_DOTS[self.config.dots]
+        )
+        return np.concatenate(scores)
 
     def summary(self) -> dict:
         return {"diagnostics": self.diagnostics} if self.diagnostics else {}

@@ -17,7 +17,7 @@ from megatron_bliss.models.presets import build_model
 from megatron_bliss.selection.base import SelectionContext
 from megatron_bliss.selection.bliss import BatchSampler, BlissSelector
 from megatron_bliss.selection.hypergrad import dot
-from megatron_bliss.selection.proxy import cosine_with_warmup, freeze, target_loss_sum
+from megatron_bliss.selection.proxy import cosine_with_warmup, freeze, pool_batch, target_loss_sum
 from megatron_bliss.selection.solvers import Direction, SolverSettings
 
 SETTINGS = BlissSelector.Config(
@@ -122,3 +122,16 @@ def test_a_fit_with_the_unrolled_solver_makes_z_once_or_every_refresh_steps(
 def test_unroll_steps_must_be_positive():
     with pytest.raises(ValueError, match="unroll_steps must be >= 1"):
         dataclasses.replace(SETTINGS, unroll_steps=0)
+
+
+def test_alignment_ranking_scores_the_pool_by_the_direct_dots(
+    tiny_shard, tokenizer_dir, corpus_texts, tmp_path
+):
+    selector = _selector(tiny_shard, tokenizer_dir, corpus_texts, tmp_path, ranking="alignment")
+    selector.fit()
+    scores = selector.score()
+    pool = selector.context.pool
+    tokens = pool_batch(pool, np.arange(len(pool)), torch.device("cpu"))
+    expected = selector.alignment(tokens, selector.direction.fixed).numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-7)
+    assert scores.std() > 0
