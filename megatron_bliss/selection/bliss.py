@@ -59,11 +59,12 @@ TARGET_DTYPES = ("auto", "float32", "bfloat16", "float64")
 DOTS = ("auto", "fd", "jvp", "graph")
 DIRECTION_PARAMS = ("all", "blocks")
 RANKINGS = ("score_model", "alignment")
+WEIGHTS = ("gibbs", "paper")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
 PAPER_SETTINGS = {
     "solver": "paper", "paper_loops": 3, "paper_lr": 1e-2, "lamb": 1e-2, "normalize": "none",
-    "dots": "graph", "upper_batch_size": None, "direction_params": "all",
+    "dots": "graph", "upper_batch_size": None, "direction_params": "all", "weights": "paper",
 }  # fmt: skip
 
 
@@ -110,7 +111,7 @@ class BlissSelector(Selector):
         """``default``: the measured best settings below; ``paper``: the authors' algorithm
         exactly (solver ``paper``: z0 = 1/numel, 3 clipped steps of 1e-2, every outer step from
         scratch; raw ``c_i``; dots by double backward), whatever the keys below say."""
-        solver: str = "adam"
+        solver: str = "unrolled"
         """Direction z: ``adam`` (Adam moments of grad f across outer steps), ``identity``
         (z = grad f), ``cg`` or ``paper`` (solvers of (H + lamb I) z = grad f), or
         ``unrolled`` (minus the displacement of a proxy copy after ``unroll_steps`` AdamW steps on
@@ -128,6 +129,16 @@ class BlissSelector(Selector):
         unroll_refresh: int = 0
         """Recompute the ``unrolled`` z every this many outer steps, from the current proxy
         (0: once per round, at the first outer step)."""
+        weights: str = "gibbs"
+        """How scores weight the lower level's batch: ``gibbs``, ``P = softmax(logit)`` with the
+        upper objective regularised by ``temperature * KL(P || uniform)``, whose optimum is
+        ``logit = c / temperature``: the score model fits the alignment (a regression with a
+        residual) instead of only pushing scores along it; or ``paper``, ``P =
+        softmax(sigmoid(logit))`` unregularised as the authors (weights within a factor e of each
+        other; the upper level saturates the sigmoid into an above/below-average classifier)."""
+        temperature: float = 2.0
+        """``gibbs`` only: the KL weight, in units of the standardised ``c`` (the logits then
+        spread about ``1 / temperature`` per standard deviation of ``c``)."""
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
@@ -186,7 +197,7 @@ class BlissSelector(Selector):
                 )
             choices = {
                 "solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS,
-                "direction_params": DIRECTION_PARAMS, "ranking": RANKINGS,
+                "direction_params": DIRECTION_PARAMS, "ranking": RANKINGS, "weights": WEIGHTS,
             }  # fmt: skip
             for name, known in choices.items():
                 if getattr(self, name) not in known:
@@ -195,6 +206,8 @@ class BlissSelector(Selector):
                     )
             if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
                 raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
+            if not self.temperature > 0:
+                raise ValueError(f"temperature must be > 0, got {self.temperature}")
             if self.unroll_refresh < 0:
                 raise ValueError("unroll_refresh must be >= 0")
             names = ("outer_steps", "batch_size", "target_batch_size", "upper_batch_size")
@@ -205,6 +218,11 @@ class BlissSelector(Selector):
         @property
         def draws_per_step(self) -> int:
             return self.upper_batch_size or self.batch_size
+
+        @property
+        def entropy_weight(self) -> float:
+            """The upper level's KL weight: ``temperature`` with gibbs weights, else none."""
+            return self.temperature if self.weights == "gibbs" else 0.0
 
     shared_outputs = ("proxy_warmup",)  # the warm-up proxy: every round resets to it
     data_parallel = True  # the bilevel loop and the pool scoring all-reduce over the ranks
@@ -465,10 +483,17 @@ class BlissSelector(Selector):
             extra = extra + self.config.gamma * kl.sum() / global_batch
         return ce, extra
 
+    def _weight_scores(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The scores whose softmax over the global batch weights the lower level: the score
+        model's logits (``gibbs``) or its sigmoid outputs (``paper``)."""
+        if self.config.weights == "gibbs":
+            return self.score_model.logits(tokens[:, :-1])
+        return self.score_model(tokens[:, :-1])
+
     def _global_weights(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's slice of softmax(scores) over the global batch (no gradient)."""
         with torch.no_grad(), evaluation(self.score_model):
-            local = self.score_model(tokens[:, :-1])
+            local = self._weight_scores(tokens)
         pool_tokens = len(tokens) * self.context.pool.seq_length  # weights: part of the step
         self.spend("training", self.score_model, pool_tokens, "forward", lm_head=False)
         weights = torch.softmax(hg.all_gather_cat(local), 0)
@@ -532,13 +557,13 @@ class BlissSelector(Selector):
             grad_f, target_loss = None, self._target_loss(target_batch)
         indices = sampler.train(c.draws_per_step)
         tokens = pool_batch(self.context.pool, self._local(indices), self.context.device)
-        local_scores = self.score_model(tokens[:, :-1])
+        local_scores = self._weight_scores(tokens)
         global_scores = hg.gather_with_local_grad(local_scores)
         dots, info, hvps = self._sample_dots(tokens, global_scores, direction, grad_f)
         global_dots = hg.all_gather_cat(dots)
         signal = normalize_dots(global_dots, c.normalize)
         optimizer.zero_grad(set_to_none=True)
-        hg.surrogate_loss(global_scores, signal).backward()
+        hg.surrogate_loss(global_scores, signal, c.entropy_weight).backward()
         reduce_gradients(self.score_model)
         torch.nn.utils.clip_grad_norm_(self.score_model.parameters(), c.grad_clip)
         optimizer.step()
@@ -729,6 +754,8 @@ class BlissSelector(Selector):
             "variant": self.config.variant,
             "solver": self.config.solver,
             "normalize": self.config.normalize,
+            "weights": self.config.weights,
+            "temperature": self.config.temperature,
         }
         self.score_model.save(run_dir / "score_model", meta, tokenizer=self.context.tokenizer)
         lines = "".join(json.dumps(record) + "\n" for record in self.history)

@@ -16,6 +16,8 @@ Two identities make this cheap and exact:
   ``create_graph=True`` already built for the Hessian-vector products gives every ``c_i = g_i . z``.
 * **Surrogate loss.** The gradient of ``-sum_i softmax(s)_i * c_i`` (``c`` detached) with respect to
   theta_s equals the hypergradient above, so one ordinary backward through the score model suffices.
+  With ``weights: gibbs`` (``bliss.py``) the scores are the score model's logits and the upper
+  objective carries ``temperature * KL(softmax(s) || uniform)``, whose gradient the surrogate adds.
 * **Dots without a graph.** When ``z`` needs no Hessian-vector products, ``c_i = g_i . z`` is the
   directional derivative of CE_i along ``z``: a central finite difference of two inference-mode
   forward passes at ``theta +- e z`` (``fd_sample_dots``: any attention kernel, ~2 forwards; with
@@ -75,10 +77,24 @@ def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum((x * y).sum() for x, y in zip(a, b))
 
 
-def surrogate_loss(global_scores: torch.Tensor, global_dots: torch.Tensor) -> torch.Tensor:
-    """``-sum_i softmax(s)_i * c_i``; its gradient w.r.t. theta_s is the implicit hypergradient."""
-    weights = torch.softmax(global_scores, dim=0)
-    return -(weights * global_dots.detach()).sum()
+def surrogate_loss(
+    global_scores: torch.Tensor, global_dots: torch.Tensor, temperature: float = 0.0
+) -> torch.Tensor:
+    """``-sum_i P_i c_i + temperature * sum_i P_i log P_i`` with ``P = softmax(s)``.
+
+    Its gradient w.r.t. theta_s is the implicit hypergradient of the upper objective plus, for
+    ``temperature > 0``, that of ``temperature * KL(P || uniform)``. Per score the gradient is
+    ``P_i (temperature (s_i - sum_j P_j s_j) - (c_i - sum_j P_j c_j))``: zero when the scores are
+    ``c / temperature`` up to a constant, so the entropy term turns the upper level from pushing
+    every score without bound along ``c`` into fitting ``c / temperature`` (the Gibbs weights
+    ``P ~ exp(c / temperature)`` are the regularised upper level's optimum).
+    """
+    log_weights = torch.log_softmax(global_scores, dim=0)
+    weights = log_weights.exp()
+    loss = -(weights * global_dots.detach()).sum()
+    if temperature > 0:
+        loss = loss + temperature * (weights * log_weights).sum()
+    return loss
 
 
 def explicit_hypergradient(

@@ -90,6 +90,35 @@ def test_standardized_signal_has_zero_mean_unit_std_and_its_surrogate_is_the_hyp
     torch.testing.assert_close(scores.grad, expected)
 
 
+def test_gibbs_surrogate_adds_the_kl_gradient_and_is_stationary_at_scores_c_over_temperature():
+    signal = torch.tensor([1.5, -0.5, 0.2, -1.2], dtype=torch.float64)
+    scores = torch.tensor([0.3, -0.1, 0.8, 0.0], dtype=torch.float64, requires_grad=True)
+    surrogate_loss(scores, signal, temperature=2.0).backward()
+    weights = torch.softmax(scores.detach(), 0)
+    log_weights = weights.log()
+    expected = -weights * (signal - (weights * signal).sum()) + 2.0 * weights * (
+        log_weights - (weights * log_weights).sum()
+    )  # the hypergradient plus that of 2 * KL(P || uniform)
+    torch.testing.assert_close(scores.grad, expected)
+    at_optimum = (signal / 2.0 + 7.0).requires_grad_(True)  # any shift: softmax ignores it
+    surrogate_loss(at_optimum, signal, temperature=2.0).backward()
+    torch.testing.assert_close(at_optimum.grad, torch.zeros(4, dtype=torch.float64))
+
+
+def test_gibbs_weights_use_the_logits_and_paper_weights_the_sigmoid_scores(model_and_tokens):
+    from megatron_bliss.selection.score_model import ScoreModel
+
+    model, tokens, _ = model_and_tokens
+    selector = BlissSelector.__new__(BlissSelector)
+    selector.score_model = ScoreModel.from_causal_lm(model, head_init_std=1.0)
+    logits = selector.score_model.logits(tokens[:, :-1])
+    for weights, expected in (("gibbs", logits), ("paper", torch.sigmoid(logits))):
+        selector.config = BlissSelector.Config(weights=weights)
+        torch.testing.assert_close(selector._weight_scores(tokens), expected)
+    assert BlissSelector.Config(weights="paper").entropy_weight == 0.0
+    assert BlissSelector.Config(temperature=0.5).entropy_weight == 0.5
+
+
 def test_a_blocks_direction_is_zero_outside_the_transformer_blocks(model_and_tokens):
     model, _, z = model_and_tokens
     restricted = dict(zip([n for n, _ in model.named_parameters()], restricted_to_blocks(model, z)))
@@ -116,6 +145,8 @@ def test_paper_variant_applies_the_authors_settings_over_the_keys():
         ({"variant": "fast"}, "variant 'fast'"),
         ({"upper_batch_size": 0}, "upper_batch_size must be >= 1"),
         ({"direction_params": "heads"}, "direction_params 'heads'"),
+        ({"weights": "sigmoid"}, "weights 'sigmoid'"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
     ],
 )
 def test_invalid_settings_are_refused(changes, message):
