@@ -31,8 +31,14 @@ BASELINES = ("random", "dsir", "reducible")
 
 # name: (what it changes, the bliss settings over the config's)
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "bliss": ("the shipped default", {}),
+    "bliss": ("the shipped default (unrolled z, gibbs weights, temperature 2)", {}),
     "paper": ("the authors' algorithm (variant: paper)", {"variant": "paper"}),
+    "before_gibbs": ("the default before gibbs weights (adam z, sigmoid weights)",
+                     {"solver": "adam", "weights": "paper"}),
+    "sigmoid": ("the authors' sigmoid weights, no KL on the upper level", {"weights": "paper"}),
+    "t1": ("gibbs temperature 1", {"temperature": 1.0}),
+    "t4": ("gibbs temperature 4", {"temperature": 4.0}),
+    "adam": ("z = Adam moments of grad f across outer steps", {"solver": "adam"}),
     "identity": ("z = grad f (no Adam moments)", {"solver": "identity"}),
     "cg": ("z by 3 CG steps on (H + lamb I) z = grad f", {"solver": "cg", "cg_iters": 3}),
     "raw": ("raw c_i, not standardized", {"normalize": "none"}),
@@ -47,13 +53,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "proxywarm": ("a proxy warmed up on the pool, not the target's copy",
                   {"proxy_init": None, "proxy_preset": "pythia-tiny-128",
                    "proxy_warmup_steps": 300, "proxy_warmup_lr": 3.0e-3}),
-    "unrolled": ("z = minus the displacement of 50 AdamW steps on the target set", {"solver": "unrolled"}),
-    "unrolled_r20": ("unrolled, z remade from the moving proxy every 20 outer steps",
-                     {"solver": "unrolled", "unroll_refresh": 20}),
+    "unrolled_r20": ("z remade from the moving proxy every 20 outer steps",
+                     {"unroll_refresh": 20}),
     "direct": ("the pool ranked by g_i . z itself (adam z), no score model",
-               {"ranking": "alignment"}),
+               {"solver": "adam", "ranking": "alignment"}),
     "unrolled_direct": ("the pool ranked by g_i . z itself (unrolled z), no score model",
-                        {"solver": "unrolled", "ranking": "alignment"}),
+                        {"ranking": "alignment"}),
 }  # fmt: skip
 
 

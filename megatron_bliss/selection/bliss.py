@@ -46,7 +46,11 @@ from megatron_bliss.selection.proxy import (
     warmup_lm,
     weighted_lower_loss,
 )
-from megatron_bliss.selection.score_model import ScoreModel, load_score_model
+from megatron_bliss.selection.score_model import (
+    LikelihoodRatioScoreModel,
+    ScoreModel,
+    load_score_model,
+)
 from megatron_bliss.selection.scoring import score_pool
 from megatron_bliss.selection.solvers import NEEDS_HVP, SOLVERS, Direction, SolverSettings
 from megatron_bliss.utils.stats import spearman
@@ -60,11 +64,13 @@ DOTS = ("auto", "fd", "jvp", "graph")
 DIRECTION_PARAMS = ("all", "blocks")
 RANKINGS = ("score_model", "alignment")
 WEIGHTS = ("gibbs", "paper")
+SCORE_HEADS = ("regression", "likelihood_ratio")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
 PAPER_SETTINGS = {
     "solver": "paper", "paper_loops": 3, "paper_lr": 1e-2, "lamb": 1e-2, "normalize": "none",
     "dots": "graph", "upper_batch_size": None, "direction_params": "all", "weights": "paper",
+    "score_head": "regression",
 }  # fmt: skip
 
 
@@ -139,6 +145,15 @@ class BlissSelector(Selector):
         temperature: float = 2.0
         """``gibbs`` only: the KL weight, in units of the standardised ``c`` (the logits then
         spread about ``1 / temperature`` per standard deviation of ``c``)."""
+        score_head: str = "regression"
+        """The score model's form (score_model.py): ``regression``, the authors' pooled linear
+        head on a copy of the proxy's backbone; or ``likelihood_ratio``, ``score_scale`` times
+        the loss of a frozen copy of the warm proxy minus that of a trained copy (it represents
+        ``g_i . z`` to first order for every sequence; two LM forwards per scored sequence, and
+        trained without weight decay, which would move every score alike)."""
+        score_scale: float = 3.0
+        """``likelihood_ratio`` only: the logit per nat of loss ratio. With Adam what matters is
+        ``score_scale * lr_score``, the logit change per step."""
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
@@ -198,6 +213,7 @@ class BlissSelector(Selector):
             choices = {
                 "solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS,
                 "direction_params": DIRECTION_PARAMS, "ranking": RANKINGS, "weights": WEIGHTS,
+                "score_head": SCORE_HEADS,
             }  # fmt: skip
             for name, known in choices.items():
                 if getattr(self, name) not in known:
@@ -206,6 +222,8 @@ class BlissSelector(Selector):
                     )
             if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
                 raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
+            if not self.score_scale > 0:
+                raise ValueError(f"score_scale must be > 0, got {self.score_scale}")
             if not self.temperature > 0:
                 raise ValueError(f"temperature must be > 0, got {self.temperature}")
             if self.unroll_refresh < 0:
@@ -241,7 +259,7 @@ class BlissSelector(Selector):
     def __init__(self, config, context):
         super().__init__(config, context)
         self.proxy: torch.nn.Module | None = None
-        self.score_model: ScoreModel | None = None
+        self.score_model: ScoreModel | LikelihoodRatioScoreModel | None = None
         self.direction: Direction | None = None
         self.history: list[dict] = []
         self.diagnostics: dict[str, float] = {}
@@ -301,11 +319,13 @@ class BlissSelector(Selector):
             proxy.save_pretrained(self.context.run_dir / "proxy_warmup")
         return proxy
 
-    def prepare_score_model(self, warm_proxy: torch.nn.Module) -> ScoreModel:
-        if self.config.score_model_init:
-            return load_score_model(self.config.score_model_init, self.context.device).train()
-        model = ScoreModel.from_causal_lm(warm_proxy, self.config.head_init_std, self.context.seed)
-        return model.train()
+    def prepare_score_model(self, warm_proxy: torch.nn.Module):
+        c = self.config
+        if c.score_model_init:
+            return load_score_model(c.score_model_init, self.context.device).train()
+        if c.score_head == "likelihood_ratio":
+            return LikelihoodRatioScoreModel.from_causal_lm(warm_proxy, c.score_scale).train()
+        return ScoreModel.from_causal_lm(warm_proxy, c.head_init_std, self.context.seed).train()
 
     # ------------------------------------------------------------------------------- main loop
     def fit(self) -> None:
@@ -347,9 +367,9 @@ class BlissSelector(Selector):
 
     def _optimizer(self, model: torch.nn.Module, lr: float):
         c = self.config
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay
-        )
+        decay = 0.0 if isinstance(model, LikelihoodRatioScoreModel) else c.weight_decay
+        trained = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=lr, betas=(c.beta1, c.beta2), weight_decay=decay)
         schedule = cosine_with_warmup(c.outer_steps, c.warmup_fraction)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
@@ -483,6 +503,13 @@ class BlissSelector(Selector):
             extra = extra + self.config.gamma * kl.sum() / global_batch
         return ce, extra
 
+    def _spend_scorer(self, kind: str, tokens: float, pass_kind: str) -> None:
+        """A score-model pass; a likelihood ratio adds its frozen copy's forward."""
+        model = self.score_model
+        self.spend(kind, model, tokens, pass_kind, lm_head=model.uses_lm_head)
+        if model.reference_forwards:
+            self.spend(kind, model, model.reference_forwards * tokens, "forward", lm_head=True)
+
     def _weight_scores(self, tokens: torch.Tensor) -> torch.Tensor:
         """The scores whose softmax over the global batch weights the lower level: the score
         model's logits (``gibbs``) or its sigmoid outputs (``paper``)."""
@@ -495,7 +522,7 @@ class BlissSelector(Selector):
         with torch.no_grad(), evaluation(self.score_model):
             local = self._weight_scores(tokens)
         pool_tokens = len(tokens) * self.context.pool.seq_length  # weights: part of the step
-        self.spend("training", self.score_model, pool_tokens, "forward", lm_head=False)
+        self._spend_scorer("training", pool_tokens, "forward")
         weights = torch.softmax(hg.all_gather_cat(local), 0)
         per_rank = len(local)
         return weights[hg.rank() * per_rank : (hg.rank() + 1) * per_rank]
@@ -567,13 +594,7 @@ class BlissSelector(Selector):
         reduce_gradients(self.score_model)
         torch.nn.utils.clip_grad_norm_(self.score_model.parameters(), c.grad_clip)
         optimizer.step()
-        self.spend(
-            "training",
-            self.score_model,
-            len(tokens) * self.context.pool.seq_length,
-            "train",
-            lm_head=False,
-        )
+        self._spend_scorer("training", len(tokens) * self.context.pool.seq_length, "train")
         scores = global_scores.detach()
         weights = torch.softmax(scores, 0)
         return {
@@ -700,13 +721,7 @@ class BlissSelector(Selector):
             self.config.score_precision,
         )
         self.seconds["scoring"] += time.perf_counter() - start
-        self.spend(
-            "scoring",
-            self.score_model,
-            len(scores) * self.context.pool.seq_length,
-            "forward",
-            lm_head=False,
-        )
+        self._spend_scorer("scoring", len(scores) * self.context.pool.seq_length, "forward")
         if self.config.diagnostic_sequences > 0 and self.proxy is not None:  # ranks that fit
             spent = dict(self.flops)  # instrumentation, not the method's cost
             self.diagnostics = self._diagnose(scores)

@@ -147,6 +147,8 @@ def test_paper_variant_applies_the_authors_settings_over_the_keys():
         ({"direction_params": "heads"}, "direction_params 'heads'"),
         ({"weights": "sigmoid"}, "weights 'sigmoid'"),
         ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"score_head": "mlp"}, "score_head 'mlp'"),
+        ({"score_scale": -1.0}, "score_scale must be > 0"),
     ],
 )
 def test_invalid_settings_are_refused(changes, message):
