@@ -36,6 +36,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "before_gibbs": ("the default before gibbs weights (adam z, sigmoid weights)",
                      {"solver": "adam", "weights": "paper"}),
     "sigmoid": ("the authors' sigmoid weights, no KL on the upper level", {"weights": "paper"}),
+    "lr": ("score_head likelihood_ratio (trained vs frozen proxy copy)",
+           {"score_head": "likelihood_ratio"}),
     "t1": ("gibbs temperature 1", {"temperature": 1.0}),
     "t4": ("gibbs temperature 4", {"temperature": 4.0}),
     "adam": ("z = Adam moments of grad f across outer steps", {"solver": "adam"}),

@@ -12,7 +12,7 @@
    model on micro-batches of 4 gathered sequence by sequence, under ``torch.no_grad``). Target:
    >= 1.5x on CPU. Both timed after a warm-up pass, in the same process.
 
-3. One BLISS outer step (the shipped default: inner step, grad f, the adam direction, c_i by
+3. One BLISS outer step (the shipped default: inner step, grad f, its solver's direction, c_i by
    finite differences, the score-model step) against one plain AdamW step of the proxy on the
    same batch (``--step-batch`` sequences: inner batch, draws and target batch all that size).
    Target: <= 6x (the physical floor is about 5 forward-backward equivalents).
