@@ -76,8 +76,7 @@ class ScoreModel(nn.Module):
         return cls(backbone, head_init_std, seed).to(reference.device, reference.dtype)
 
     def save(self, directory: str | Path, meta: dict[str, Any], tokenizer=None) -> None:
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        write_directory(directory, state, self.config, {"head": self.head_kind, **meta}, tokenizer)
+        write_directory(self, directory, {"head": self.head_kind, **meta}, tokenizer)
 
 
 class LikelihoodRatioScoreModel(nn.Module):
@@ -126,16 +125,18 @@ class LikelihoodRatioScoreModel(nn.Module):
         return cls(copy.deepcopy(lm), copy.deepcopy(lm), scale)
 
     def save(self, directory: str | Path, meta: dict[str, Any], tokenizer=None) -> None:
-        # Cloned: tied embeddings share storage, which safetensors refuses to write.
-        state = {k: v.detach().float().cpu().clone() for k, v in self.state_dict().items()}
-        meta = {"head": self.head_kind, "scale": self.scale, **meta}
-        write_directory(directory, state, self.config, meta, tokenizer)
+        write_directory(
+            self, directory, {"head": self.head_kind, "scale": self.scale, **meta}, tokenizer
+        )
 
 
-def write_directory(directory, state: dict, config, meta: dict, tokenizer) -> None:
-    """Write the directory under a temporary name, then rename it into place."""
+def write_directory(model: nn.Module, directory, meta: dict, tokenizer) -> None:
+    """Write a score model's directory under a temporary name, then rename it into place."""
     from safetensors.torch import save_file
 
+    config = model.config
+    # float32 copies on the CPU, cloned: tied embeddings share storage, which safetensors refuses.
+    state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
