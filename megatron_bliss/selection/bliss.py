@@ -145,12 +145,13 @@ class BlissSelector(Selector):
         temperature: float = 2.0
         """``gibbs`` only: the KL weight, in units of the standardised ``c`` (the logits then
         spread about ``1 / temperature`` per standard deviation of ``c``)."""
-        score_head: str = "regression"
-        """The score model's form (score_model.py): ``regression``, the authors' pooled linear
-        head on a copy of the proxy's backbone; or ``likelihood_ratio``, ``score_scale`` times
+        score_head: str = "likelihood_ratio"
+        """The score model's form (score_model.py): ``likelihood_ratio``, ``score_scale`` times
         the loss of a frozen copy of the warm proxy minus that of a trained copy (it represents
-        ``g_i . z`` to first order for every sequence; two LM forwards per scored sequence, and
-        trained without weight decay, which would move every score alike)."""
+        ``g_i . z`` to first order for every sequence, so it also ranks text a pooled head cannot
+        tell apart, such as shuffled words; two LM forwards per scored sequence, and trained
+        without weight decay, which would move every score alike); or ``regression``, the
+        authors' pooled linear head on a copy of the proxy's backbone (half the cost)."""
         score_scale: float = 3.0
         """``likelihood_ratio`` only: the logit per nat of loss ratio. With Adam what matters is
         ``score_scale * lr_score``, the logit change per step."""
