@@ -31,13 +31,14 @@ BASELINES = ("random", "dsir", "reducible")
 
 # name: (what it changes, the bliss settings over the config's)
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "bliss": ("the shipped default (unrolled z, gibbs weights, temperature 2)", {}),
+    "bliss": ("the shipped default (unrolled z, gibbs weights, temperature 2, likelihood ratio)",
+              {}),
     "paper": ("the authors' algorithm (variant: paper)", {"variant": "paper"}),
-    "before_gibbs": ("the default before gibbs weights (adam z, sigmoid weights)",
-                     {"solver": "adam", "weights": "paper"}),
+    "before_gibbs": ("the default before gibbs weights (adam z, sigmoid weights, regression)",
+                     {"solver": "adam", "weights": "paper", "score_head": "regression"}),
     "sigmoid": ("the authors' sigmoid weights, no KL on the upper level", {"weights": "paper"}),
-    "lr": ("score_head likelihood_ratio (trained vs frozen proxy copy)",
-           {"score_head": "likelihood_ratio"}),
+    "regression": ("score_head regression (pooled linear head, the authors')",
+                   {"score_head": "regression"}),
     "t1": ("gibbs temperature 1", {"temperature": 1.0}),
     "t4": ("gibbs temperature 4", {"temperature": 4.0}),
     "adam": ("z = Adam moments of grad f across outer steps", {"solver": "adam"}),

@@ -91,11 +91,11 @@ def test_bliss_default_ranks_useful_text_above_planted_noise(planted, tmp_path):
     assert value > 0.9
 
 
-def test_bliss_likelihood_ratio_ranks_useful_text_above_planted_noise(planted, tmp_path):
+def test_bliss_regression_head_ranks_useful_text_above_planted_noise(planted, tmp_path):
     value = run_selector(
         planted, "bliss", tmp_path, proxy_init="target", outer_steps=40, batch_size=8,
         upper_batch_size=32, target_batch_size=8, lr_proxy=1e-4, lr_score=1e-3,
-        diagnostic_sequences=0, score_head="likelihood_ratio",
+        diagnostic_sequences=0, score_head="regression",
     )  # fmt: skip
     assert value > 0.9
 
