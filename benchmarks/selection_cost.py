@@ -160,7 +160,7 @@ def hypergradient_cost(selector: BlissSelector, batch: int, repeats: int) -> dic
     z = selector.direction.moments.current() if selector.direction.moments else None
     z = z or [torch.randn_like(p) for p in proxy.parameters()]
     tokens = pool_batch(selector.context.pool, np.arange(batch), selector.context.device)
-    score_params = list(score_model.parameters())
+    score_params = [p for p in score_model.parameters() if p.requires_grad]  # no frozen copy
 
     def batched():
         scores = score_model(tokens[:, :-1])

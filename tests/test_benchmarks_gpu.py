@@ -1,5 +1,5 @@
 """What the GPU measurements of issue #14 run, checked without a GPU: train_throughput's variants
-and micro-batch search, and the prepared suite's commands."""
+and micro-batch search, the prepared suite's commands, and selection_cost's hypergradient pair."""
 
 from __future__ import annotations
 
@@ -232,3 +232,33 @@ def test_the_suite_records_each_step_and_skips_what_the_budget_cannot_hold(tmp_p
     calls = (tmp_path / "log").read_text()
     assert "gpu_suite_summary.py --results" in calls and "--find-max-micro-batch" in calls
     assert (results / "gpu_suite_fake_logs" / "mmb_1b.log").exists()
+
+
+@pytest.mark.parametrize("head", ["likelihood_ratio", "regression"])
+def test_selection_cost_compares_equal_hypergradients_for_each_score_head(head):
+    """The suite's ``sel`` step times the batched hypergradient against the per-sample loop: both
+    must run, and agree, with either score model (the likelihood ratio holds a frozen copy)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from megatron_bliss.models.presets import build_model
+    from megatron_bliss.selection.hypergrad import fd_sample_dots
+    from megatron_bliss.selection.proxy import sequence_losses
+    from megatron_bliss.selection.score_model import LikelihoodRatioScoreModel, ScoreModel
+
+    cost = load_benchmark("selection_cost")
+    torch.manual_seed(0)
+    proxy = build_model("pythia-tiny", 512, 33, attn_implementation="sdpa")
+    if head == "likelihood_ratio":
+        score_model = LikelihoodRatioScoreModel.from_causal_lm(proxy, scale=3.0)
+    else:
+        score_model = ScoreModel.from_causal_lm(proxy, head_init_std=0.5)
+    rows = np.random.default_rng(0).integers(0, 512, (6, 17))
+    selector = SimpleNamespace(
+        proxy=proxy, score_model=score_model, direction=SimpleNamespace(moments=None),
+        context=SimpleNamespace(pool=SimpleNamespace(batch=lambda i: rows[i]), device=torch.device("cpu")),
+        alignment=lambda tokens, z: fd_sample_dots(proxy, lambda m: sequence_losses(m, tokens), z),
+    )  # fmt: skip
+    result = cost.hypergradient_cost(selector, batch=6, repeats=1)
+    assert result["cosine"] > 0.99, result
