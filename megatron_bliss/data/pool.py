@@ -89,6 +89,7 @@ class SequencePool:
         )
         self.num_sequences = max(0, (self.num_tokens - 1) // self.seq_length)
         self._max_token_id: int | None = None
+        self._document_ends: np.ndarray | None = None
 
     def _check_contiguous(self) -> None:
         pointers = np.asarray(self.indexed.index.sequence_pointers, dtype=np.int64)
@@ -136,6 +137,19 @@ class SequencePool:
             if len(indices)
             else np.zeros((0, self.seq_length + 1), dtype=np.int64)
         )
+
+    def document_tail(self, document: int, length: int, eod: int | None = None) -> np.ndarray:
+        """The last ``length`` tokens of document ``document`` (int64), without its trailing
+        ``eod`` token: the shape a ``documents`` target example of that document would have."""
+        if not 0 <= document < len(self.document_lengths):
+            raise IndexError(f"document {document} out of range for {len(self.document_lengths)}")
+        if self._document_ends is None:
+            self._document_ends = np.cumsum(self.document_lengths)
+        stop = int(self._document_ends[document])
+        start = stop - int(self.document_lengths[document])
+        if eod is not None and stop > start and int(self.tokens[stop - 1]) == eod:
+            stop -= 1
+        return np.asarray(self.tokens[max(start, stop - length) : stop], dtype=np.int64)
 
     def max_token_id(self) -> int:
         """Largest token id (-1 when empty), scanned once in chunks so memory stays bounded."""

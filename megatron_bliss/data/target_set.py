@@ -133,6 +133,10 @@ class TargetSet:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def subset(self, indices) -> TargetSet:
+        """The examples at ``indices``, in that order (a split of one target set)."""
+        return TargetSet([self.examples[int(i)] for i in indices], self.pad_id, self.name)
+
     def width(self, indices) -> int:
         """The padded length of ``batch(indices)``."""
         return max(len(self.examples[int(i)].input_ids) for i in indices)

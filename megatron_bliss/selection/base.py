@@ -147,6 +147,12 @@ class Selector(ABC):
     def score(self) -> np.ndarray:
         """float32 scores, one per sequence of ``context.pool``; higher = more useful."""
 
+    def selection_temperature(self, configured: float) -> float:
+        """The Gumbel temperature this selection uses (rank 0's is broadcast): ``configured``
+        unless the method, having scored, has a reason to sample instead (BLISS's
+        ``selection_rule``)."""
+        return configured
+
     def summary(self) -> dict[str, Any]:
         """Method-specific facts for ``selection.json`` (e.g. BLISS's diagnostics)."""
         return {}

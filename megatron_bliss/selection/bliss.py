@@ -18,6 +18,7 @@ given and saved to ``RUN_DIR/proxy_warmup/`` for later rounds), the score model 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_bliss.data.target_set import TargetSet
 from megatron_bliss.errors import ConfigError, MissingFileError
 from megatron_bliss.selection import hypergrad as hg
 from megatron_bliss.selection.base import EarlierRounds, Selector
@@ -51,8 +53,16 @@ from megatron_bliss.selection.score_model import (
     ScoreModel,
     load_score_model,
 )
-from megatron_bliss.selection.scoring import score_pool
+from megatron_bliss.selection.scoring import score_pool, score_rows
 from megatron_bliss.selection.solvers import NEEDS_HVP, SOLVERS, Direction, SolverSettings
+from megatron_bliss.selection.target_shift import (
+    SAMPLING_TEMPERATURE,
+    SHIFT_POOL_DOCUMENTS,
+    ShiftTest,
+    holdout_split,
+    pool_document_tails,
+    shift_test,
+)
 from megatron_bliss.utils.stats import spearman
 
 logger = logging.getLogger(__name__)
@@ -65,12 +75,13 @@ DIRECTION_PARAMS = ("all", "blocks")
 RANKINGS = ("score_model", "alignment")
 WEIGHTS = ("gibbs", "paper")
 SCORE_HEADS = ("regression", "likelihood_ratio")
+SELECTION_RULES = ("auto", "top_k", "sample")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
 PAPER_SETTINGS = {
     "solver": "paper", "paper_loops": 3, "paper_lr": 1e-2, "lamb": 1e-2, "normalize": "none",
     "dots": "graph", "upper_batch_size": None, "direction_params": "all", "weights": "paper",
-    "score_head": "regression",
+    "score_head": "regression", "selection_rule": "top_k",
 }  # fmt: skip
 
 
@@ -155,6 +166,20 @@ class BlissSelector(Selector):
         score_scale: float = 3.0
         """``likelihood_ratio`` only: the logit per nat of loss ratio. With Adam what matters is
         ``score_scale * lr_score``, the logit change per step."""
+        selection_rule: str = "auto"
+        """How the ranked pool becomes a selection: ``top_k`` (the paper: the highest scores);
+        ``sample`` (Gumbel-top-k at temperature 1: a draw from ``softmax(logit)``, the weights
+        the proxy trained with); or ``auto``: top-k when the trained ranking scores held-out
+        target examples above the pool (one-sided Mann-Whitney, p < ``shift_alpha``), else
+        sample. When unseen target text scores like pool text (a target drawn from the pool's
+        own distribution) the top of the ranking is not more target-like than the rest, and
+        keeping only it narrows the data (target_shift.py). A configured
+        ``gumbel_temperature`` > 0 always wins."""
+        holdout_examples: int = 64
+        """``auto``: target examples kept out of the bilevel loop for that test (at most a fifth
+        of the target set; a set of under 40 examples holds none and selects top-k)."""
+        shift_alpha: float = 0.01
+        """``auto``: the test's significance level."""
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
@@ -214,7 +239,7 @@ class BlissSelector(Selector):
             choices = {
                 "solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS,
                 "direction_params": DIRECTION_PARAMS, "ranking": RANKINGS, "weights": WEIGHTS,
-                "score_head": SCORE_HEADS,
+                "score_head": SCORE_HEADS, "selection_rule": SELECTION_RULES,
             }  # fmt: skip
             for name, known in choices.items():
                 if getattr(self, name) not in known:
@@ -229,6 +254,10 @@ class BlissSelector(Selector):
                 raise ValueError(f"temperature must be > 0, got {self.temperature}")
             if self.unroll_refresh < 0:
                 raise ValueError("unroll_refresh must be >= 0")
+            if self.holdout_examples < 0:
+                raise ValueError("holdout_examples must be >= 0")
+            if not 0 < self.shift_alpha < 1:
+                raise ValueError(f"shift_alpha must be in (0, 1), got {self.shift_alpha}")
             names = ("outer_steps", "batch_size", "target_batch_size", "upper_batch_size")
             for name in names + ("unroll_steps",):
                 if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -265,6 +294,8 @@ class BlissSelector(Selector):
         self.history: list[dict] = []
         self.diagnostics: dict[str, float] = {}
         self.seconds = {"warmup": 0.0, "bilevel": 0.0, "scoring": 0.0}
+        self.holdout: TargetSet | None = None  # ``selection_rule: auto``: kept out of the loop
+        self.shift: ShiftTest | None = None
 
     # ----------------------------------------------------------------------------------- set-up
     def _vocab_size(self) -> int:
@@ -338,6 +369,7 @@ class BlissSelector(Selector):
         for name in ("batch_size", "target_batch_size"):
             if getattr(self.config, name) % world:
                 raise ConfigError(f"bliss.{name} must be divisible by the {world} ranks")
+        self._hold_out_target_examples()
         dtype = getattr(torch, self.config.dtype)
         target, target_dtype = self.context.target_model, self._target_dtype(dtype)
         if target is not None and self.config.proxy_init != "target":  # already during a warm-up
@@ -351,6 +383,21 @@ class BlissSelector(Selector):
         self._train()
         training = torch.tensor([self.flops["training"]], dtype=torch.float64)
         self.flops["training"] = float(hg.all_reduce_sum([training])[0])  # ranks spent shares
+
+    def _hold_out_target_examples(self) -> None:
+        """``selection_rule: auto``: set ``holdout_examples`` target examples aside (the same
+        ones on every rank and in every round); the bilevel loop sees the rest."""
+        if self.config.selection_rule != "auto":
+            return
+        target_set = self.context.target_set
+        tokens = [example.input_ids for example in target_set.examples]
+        fit, held = holdout_split(tokens, self.config.holdout_examples)
+        if len(held) == 0:
+            logger.info("bliss: %d target examples are too few to hold any out: top-k",
+                        len(target_set))  # fmt: skip
+            return
+        self.holdout = target_set.subset(held)
+        self.context = dataclasses.replace(self.context, target_set=target_set.subset(fit))
 
     def _target_dtype(self, loop_dtype: torch.dtype) -> torch.dtype:
         if self.config.target_dtype != "auto":
@@ -723,11 +770,41 @@ class BlissSelector(Selector):
         )
         self.seconds["scoring"] += time.perf_counter() - start
         self._spend_scorer("scoring", len(scores) * self.context.pool.seq_length, "forward")
+        if self.holdout is not None:
+            self.shift = self._test_target_shift()
         if self.config.diagnostic_sequences > 0 and self.proxy is not None:  # ranks that fit
             spent = dict(self.flops)  # instrumentation, not the method's cost
             self.diagnostics = self._diagnose(scores)
             self.flops = spent
         return scores
+
+    def _test_target_shift(self) -> ShiftTest:
+        """Score the held-out target examples and as many pool documents, cut the same way,
+        and test whether the target examples rank above the pool's."""
+        pool, length = self.context.pool, self.context.pool.seq_length
+        eod = getattr(self.context.tokenizer, "eos_token_id", None)
+        targets = [example.input_ids[-length:] for example in self.holdout.examples]
+        tails = pool_document_tails(pool, SHIFT_POOL_DOCUMENTS, length, eod, self.context.seed)
+        held, pool_tails = (
+            score_rows(self.score_model, rows, self.context.device, self.config.score_precision)
+            for rows in (targets, tails)
+        )
+        self._spend_scorer("scoring", sum(len(row) for row in targets + tails), "forward")
+        shift = shift_test(held, pool_tails, self.config.shift_alpha)
+        logger.info(
+            "bliss: %d held-out target examples vs the pool: AUC %.3f (p = %.2g) -> %s",
+            shift.target_examples, shift.auc, shift.p_value,
+            "top-k" if shift.sharp else "sample (temperature 1)",
+        )  # fmt: skip
+        return shift
+
+    def selection_temperature(self, configured: float) -> float:
+        rule = self.config.selection_rule
+        if configured > 0 or rule == "top_k":
+            return configured
+        if rule == "sample" or (self.shift is not None and not self.shift.sharp):
+            return SAMPLING_TEMPERATURE
+        return configured
 
     def _alignment_scores(self) -> np.ndarray:
         """``g_i . z`` of every pool sequence, computed by this rank whole (no collective)."""
@@ -755,7 +832,12 @@ class BlissSelector(Selector):
         return np.concatenate(scores)
 
     def summary(self) -> dict:
-        return {"diagnostics": self.diagnostics} if self.diagnostics else {}
+        summary = {"selection_rule": self.config.selection_rule}
+        if self.shift is not None:
+            summary["target_shift"] = self.shift.as_dict()
+        if self.diagnostics:
+            summary["diagnostics"] = self.diagnostics
+        return summary
 
     def save(self, run_dir: Path) -> None:
         if self.score_model is None or hg.rank() != 0:

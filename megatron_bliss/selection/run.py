@@ -243,13 +243,13 @@ def _fit_score_select(selector, group, config: SelectConfig, method, data_prefix
     if scores.shape != (len(pool),):
         raise RuntimeError(f"{method}: scored {scores.shape} for a pool of {len(pool)} sequences")
     seconds = time.perf_counter() - start
-    selection = select_top_fraction(scores, config.fraction, config.seed, config.gumbel_temperature)
+    temperature = rank0_value(selector.selection_temperature(config.gumbel_temperature))
+    selection = select_top_fraction(scores, config.fraction, config.seed, temperature)
     if rank() == 0:
         selector.save(run_dir)
         selection = write_selection(
             run_dir, scores, method=method, fraction=config.fraction, data_prefix=data_prefix,
-            seq_length=config.seq_length, seed=config.seed,
-            gumbel_temperature=config.gumbel_temperature,
+            seq_length=config.seq_length, seed=config.seed, gumbel_temperature=temperature,
             extra={
                 "flops": selector.total_flops, "flops_by_kind": dict(selector.flops),
                 "seconds": round(seconds, 2), **selector.summary(),
@@ -258,3 +258,14 @@ def _fit_score_select(selector, group, config: SelectConfig, method, data_prefix
         )  # fmt: skip
     logger.info("%s: kept %d of %d sequences in %.1fs", method, len(selection), len(pool), seconds)
     return selection
+
+
+def rank0_value(value: float) -> float:
+    """Rank 0's ``value`` on every rank (one float; the ranks must select the same sequences)."""
+    if world_size() == 1:
+        return value
+    from megatron_bliss.engine.distributed import host_group
+
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.broadcast(tensor, src=0, group=host_group())
+    return float(tensor.item())

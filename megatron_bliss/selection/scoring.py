@@ -103,6 +103,23 @@ def score_range(
     return out
 
 
+def score_rows(
+    model: torch.nn.Module, rows: list[np.ndarray], device, precision: str = "auto"
+) -> np.ndarray:
+    """float32 scores of token rows of any lengths, one forward each, as ``score_range`` scores
+    the pool (same autocast): scores of text from outside the shard, comparable to the pool's."""
+    device = torch.device(device)
+    out = np.empty(len(rows), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), _autocast(device, precision):
+        for i, row in enumerate(rows):
+            inputs = torch.as_tensor(np.asarray(row, dtype=np.int64))[None].to(device)
+            out[i] = ranking_scores(model, inputs).float().item()
+    model.train(was_training)
+    return out
+
+
 def score_pool(
     model: torch.nn.Module, pool: SequencePool, batch_size: int, device, precision: str = "auto"
 ) -> np.ndarray:

@@ -29,3 +29,16 @@ def test_shard_shorter_than_one_sequence_is_one_clear_error(tmp_path):
     assert SequencePool(prefix, 3).require_sequences().num_sequences == 1
     with pytest.raises(ValueError, match=r"s_text_document: 4 tokens hold no sequence of length 4"):
         SequencePool(prefix, 4).require_sequences()
+
+
+def test_document_tail_is_a_documents_target_example_of_that_document(tmp_path):
+    """The last ``length`` tokens of one document, its end-of-document token dropped."""
+    prefix = build_shard(tmp_path / "d", [[5, 6, 7, 8, 0], [9, 0], [1, 2, 3]])
+    pool = SequencePool(prefix, 2)
+    assert pool.document_tail(0, 3, eod=0).tolist() == [6, 7, 8]
+    assert pool.document_tail(0, 10, eod=0).tolist() == [5, 6, 7, 8]
+    assert pool.document_tail(1, 3, eod=0).tolist() == [9]
+    assert pool.document_tail(2, 2, eod=0).tolist() == [2, 3]
+    assert pool.document_tail(0, 2).tolist() == [8, 0]  # no eod given: kept
+    with pytest.raises(IndexError):
+        pool.document_tail(3, 2)
