@@ -62,6 +62,7 @@ from megatron_bliss.selection.target_shift import (
     holdout_split,
     pool_document_tails,
     shift_test,
+    uniform_temperature,
 )
 from megatron_bliss.utils.stats import spearman
 
@@ -171,15 +172,19 @@ class BlissSelector(Selector):
         ``sample`` (Gumbel-top-k at temperature 1: a draw from ``softmax(logit)``, the weights
         the proxy trained with); or ``auto``: top-k when the trained ranking scores held-out
         target examples above the pool (one-sided Mann-Whitney, p < ``shift_alpha``), else
-        sample. When unseen target text scores like pool text (a target drawn from the pool's
-        own distribution) the top of the ranking is not more target-like than the rest, and
-        keeping only it narrows the data (target_shift.py). A configured
-        ``gumbel_temperature`` > 0 always wins."""
+        a uniform sample. When unseen target text scores like pool text (a target drawn from the
+        pool's own distribution), the pool's own distribution is the best estimate of the
+        target's, and any tilt of it, a top-k or a softmax sample, only moves the data away
+        (target_shift.py). A configured ``gumbel_temperature`` > 0 always wins."""
         holdout_examples: int = 64
         """``auto``: target examples kept out of the bilevel loop for that test (at most a fifth
         of the target set; a set of under 40 examples holds none and selects top-k)."""
-        shift_alpha: float = 0.01
-        """``auto``: the test's significance level."""
+        shift_alpha: float = 0.05
+        """``auto``: the test's significance level. A pool with a minority of junk and a target
+        of clean text from the same source is a shift too (top-k removes the junk), and a small
+        one: with 20% junk that scores below the text, clean target text sits at AUC about
+        0.8 x 0.5 + 0.2 = 0.6, which 51 held-out examples (a target set of 256) show at p about
+        0.02 (normal approximation)."""
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
@@ -794,16 +799,18 @@ class BlissSelector(Selector):
         logger.info(
             "bliss: %d held-out target examples vs the pool: AUC %.3f (p = %.2g) -> %s",
             shift.target_examples, shift.auc, shift.p_value,
-            "top-k" if shift.sharp else "sample (temperature 1)",
+            "top-k" if shift.sharp else "a uniform sample",
         )  # fmt: skip
         return shift
 
-    def selection_temperature(self, configured: float) -> float:
+    def selection_temperature(self, configured: float, scores: np.ndarray) -> float:
         rule = self.config.selection_rule
         if configured > 0 or rule == "top_k":
             return configured
-        if rule == "sample" or (self.shift is not None and not self.shift.sharp):
+        if rule == "sample":
             return SAMPLING_TEMPERATURE
+        if self.shift is not None and not self.shift.sharp:
+            return uniform_temperature(scores)
         return configured
 
     def _alignment_scores(self) -> np.ndarray:

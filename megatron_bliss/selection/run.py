@@ -243,7 +243,7 @@ def _fit_score_select(selector, group, config: SelectConfig, method, data_prefix
     if scores.shape != (len(pool),):
         raise RuntimeError(f"{method}: scored {scores.shape} for a pool of {len(pool)} sequences")
     seconds = time.perf_counter() - start
-    temperature = rank0_value(selector.selection_temperature(config.gumbel_temperature))
+    temperature = rank0_value(selector.selection_temperature(config.gumbel_temperature, scores))
     selection = select_top_fraction(scores, config.fraction, config.seed, temperature)
     if rank() == 0:
         selector.save(run_dir)

@@ -5,10 +5,12 @@ A score model is trained to raise the pool sequences that move a proxy toward th
 the target set differs from the pool (LAMBADA fiction against C4), it learns what the target looks
 like, and target examples it never saw score above the pool. When the target is drawn from the
 pool's own distribution (held-out C4 against C4), nothing distinguishes them: held-out target
-examples score like any pool sequence, the ranking's top is not more target-like than the rest, and
-keeping only that top narrows the data (every top-k in the in-distribution efficacy setting loses
-to random; README "Efficacy"). The test: a one-sided Mann-Whitney U of held-out target examples'
-scores against the pool's; ``sharp`` when p < alpha.
+examples score like any pool sequence, the ranking's top is not more target-like than the rest,
+and the pool's own distribution is the best estimate of the target's: every top-k in the
+in-distribution efficacy setting loses to random, and so does a sample of ``softmax(logit)``
+(README "Efficacy"). The test: a one-sided Mann-Whitney U of held-out target examples' scores
+against those of pool documents cut the same way; ``sharp`` (keep the top-k) when p < alpha,
+else keep a uniform sample.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 SAMPLING_TEMPERATURE = 1.0
-"""The Gumbel temperature of ``sample``: a draw without replacement from ``softmax(logit)``, the
-weights the proxy was trained with in the bilevel loop."""
+"""The Gumbel temperature of ``selection_rule: sample``: a draw without replacement from
+``softmax(logit)``, the weights the proxy was trained with in the bilevel loop."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,16 @@ SHIFT_POOL_DOCUMENTS = 512
 """Pool documents the held-out target examples are compared with."""
 
 MIN_HOLDOUT = 8
-"""Fewer held-out examples cannot detect even a clear shift (AUC 0.75 needs about 8 at p < 0.01):
-then nothing is held out and the ranking is trusted, as the paper does."""
+"""With fewer held-out examples the test misses even clear shifts too often (AUC 0.75 needs
+about 8 at p < 0.01): then nothing is held out and the ranking is trusted, as the paper does."""
+
+
+def uniform_temperature(scores: np.ndarray) -> float:
+    """A Gumbel temperature at which the scores cannot change the order: ``T x Gumbel`` noise
+    then ranks alone and the shared selection rule keeps a uniform sample, while
+    ``selection.json`` still records a finite temperature for which the rule holds."""
+    spread = float(np.ptp(scores)) if len(scores) else 0.0
+    return 1e9 * max(spread, 1e-6)
 
 
 def holdout_split(

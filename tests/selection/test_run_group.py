@@ -3,6 +3,8 @@ group, or every rank when the group is the job), never the ranks that only score
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,3 +31,23 @@ def test_ranks_that_fit_load_the_target(group, tmp_path):
 def test_a_loaded_target_is_passed_through():
     model = torch.nn.Linear(2, 2)
     assert target_for_this_rank(model, SelectionGroup(1, handle=object()), CPU) is model
+
+
+def _rank0_value_worker(rank: int, port: int, out_dir: str) -> None:
+    from megatron_bliss.selection.run import rank0_value
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    value = rank0_value(1.0 if rank == 0 else 0.0)  # rank 1 never ran the shift test
+    (Path(out_dir) / f"rank{rank}.txt").write_text(repr(value))
+    torch.distributed.destroy_process_group()
+
+
+def test_every_rank_selects_with_rank0s_temperature(tmp_path):
+    from tests.selection.test_bliss_distributed import _free_port
+
+    torch.multiprocessing.spawn(
+        _rank0_value_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True
+    )
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["1.0", "1.0"]

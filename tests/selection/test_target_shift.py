@@ -16,6 +16,7 @@ from megatron_bliss.selection.target_shift import (
     ShiftTest,
     holdout_split,
     shift_test,
+    uniform_temperature,
 )
 from tests.selection.test_select_cli import CONFIG, TINY_BLISS
 
@@ -84,23 +85,37 @@ def test_bliss_trains_on_the_target_examples_it_does_not_hold_out(tmp_path):
     assert len(context.target_set) == 60  # the caller's context is left as it was
 
 
+SCORES = np.array([-1.0, 0.5, 2.0])
+
+
 def temperature_of(rule: str, sharp: bool | None, configured: float = 0.0) -> float:
     selector = BlissSelector(BlissSelector.Config(selection_rule=rule), context=None)
     if sharp is not None:
         selector.shift = ShiftTest(0.5, 0.5, 64, 1000, 0.01, sharp)
-    return selector.selection_temperature(configured)
+    return selector.selection_temperature(configured, SCORES)
 
 
 @pytest.mark.parametrize(
     ("rule", "sharp", "configured", "expected"),
-    [("auto", True, 0.0, 0.0), ("auto", False, 0.0, 1.0), ("auto", None, 0.0, 0.0),
-     ("top_k", False, 0.0, 0.0), ("sample", True, 0.0, 1.0), ("auto", False, 0.5, 0.5),
-     ("sample", None, 2.0, 2.0)],
+    [("auto", True, 0.0, 0.0), ("auto", False, 0.0, uniform_temperature(SCORES)),
+     ("auto", None, 0.0, 0.0), ("top_k", False, 0.0, 0.0), ("sample", True, 0.0, 1.0),
+     ("auto", False, 0.5, 0.5), ("sample", None, 2.0, 2.0)],
 )  # fmt: skip
-def test_bliss_samples_only_when_its_ranking_is_not_shown_to_track_the_target(
+def test_bliss_keeps_its_top_k_only_when_its_ranking_is_shown_to_track_the_target(
     rule, sharp, configured, expected
 ):
     assert temperature_of(rule, sharp, configured) == expected
+
+
+def test_the_uniform_temperature_leaves_the_scores_no_say_in_the_selection():
+    """Scores that rank one half of the pool far above the other: at the uniform temperature
+    the kept fifth draws from both halves as a uniform sample would, seed after seed."""
+    scores = np.concatenate([np.full(500, 10.0), np.full(500, -10.0)]) + np.arange(1000) * 1e-3
+    temperature = uniform_temperature(scores)
+    for seed in range(5):
+        kept = select_top_fraction(scores, 0.2, seed, temperature)
+        noise_only = select_top_fraction(np.zeros(1000), 0.2, seed, 1.0)
+        assert np.array_equal(kept, noise_only)
 
 
 def test_paper_variant_keeps_the_deterministic_top_k():
@@ -122,14 +137,15 @@ def test_select_records_the_shift_test_and_selects_with_the_temperature_it_chose
     meta = json.loads((tmp_path / "selection.json").read_text())
     shift = meta["target_shift"]
     assert meta["selection_rule"] == "auto" and shift["target_examples"] == 12
-    assert meta["gumbel_temperature"] == (0.0 if shift["sharp"] else 1.0)
+    uniform = uniform_temperature(np.load(tmp_path / "scores.npy"))
+    assert meta["gumbel_temperature"] == pytest.approx(0.0 if shift["sharp"] else uniform)
     assert shift["sharp"] == (shift["p_value"] < shift["alpha"])
     scores = np.load(tmp_path / "scores.npy")
     expected = select_top_fraction(scores, 0.25, meta["seed"], meta["gumbel_temperature"])
     assert np.array_equal(np.load(tmp_path / "selection.npy"), expected)
 
 
-def test_select_with_alpha_near_zero_samples_from_the_scores(
+def test_select_with_alpha_near_zero_keeps_a_uniform_sample(
     tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl
 ):
     code = main(
@@ -140,10 +156,9 @@ def test_select_with_alpha_near_zero_samples_from_the_scores(
     )  # fmt: skip
     assert code == 0
     meta = json.loads((tmp_path / "selection.json").read_text())
-    assert not meta["target_shift"]["sharp"] and meta["gumbel_temperature"] == 1.0
-    scores = np.load(tmp_path / "scores.npy")
-    top_k = select_top_fraction(scores, 0.25)
-    assert not np.array_equal(np.load(tmp_path / "selection.npy"), top_k)
+    assert not meta["target_shift"]["sharp"]
+    uniform = select_top_fraction(np.zeros(meta["num_sequences"]), 0.25, meta["seed"], 1.0)
+    assert np.array_equal(np.load(tmp_path / "selection.npy"), uniform)
 
 
 def test_pool_document_tails_skip_documents_too_short_to_score(tmp_path):
