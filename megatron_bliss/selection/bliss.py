@@ -391,8 +391,9 @@ class BlissSelector(Selector):
 
     def _hold_out_target_examples(self) -> None:
         """``selection_rule: auto``: set ``holdout_examples`` target examples aside (the same
-        ones on every rank and in every round); the bilevel loop sees the rest."""
-        if self.config.selection_rule != "auto":
+        ones on every rank and in every round); the bilevel loop sees the rest. Not with
+        ``ranking: alignment``, a study of the ranking, which keeps the top-k."""
+        if self.config.selection_rule != "auto" or self.config.ranking == "alignment":
             return
         target_set = self.context.target_set
         tokens = [example.input_ids for example in target_set.examples]

@@ -71,12 +71,16 @@ def test_shift_test_does_not_trust_a_ranking_that_scores_target_text_like_pool_t
     assert abs(np.mean([test.auc for test in tests]) - 0.5) < 0.01
 
 
-def test_bliss_trains_on_the_target_examples_it_does_not_hold_out(tmp_path):
+def sixty_examples_context(tmp_path):
     from megatron_bliss.data.target_set import TargetExample, TargetSet
     from megatron_bliss.selection.base import SelectionContext
 
     examples = [TargetExample(np.arange(i, i + 5), np.arange(i, i + 5)) for i in range(60)]
-    context = SelectionContext(pool=None, run_dir=tmp_path, target_set=TargetSet(examples))
+    return SelectionContext(pool=None, run_dir=tmp_path, target_set=TargetSet(examples))
+
+
+def test_bliss_trains_on_the_target_examples_it_does_not_hold_out(tmp_path):
+    context = sixty_examples_context(tmp_path)
     selector = BlissSelector(BlissSelector.Config(), context)
     selector._hold_out_target_examples()
     trained = {id(example) for example in selector.context.target_set.examples}
@@ -86,6 +90,13 @@ def test_bliss_trains_on_the_target_examples_it_does_not_hold_out(tmp_path):
 
 
 SCORES = np.array([-1.0, 0.5, 2.0])
+
+
+@pytest.mark.parametrize("settings", [{"selection_rule": "top_k"}, {"ranking": "alignment"}])
+def test_rules_that_run_no_test_hold_nothing_out(tmp_path, settings):
+    selector = BlissSelector(BlissSelector.Config(**settings), sixty_examples_context(tmp_path))
+    selector._hold_out_target_examples()
+    assert selector.holdout is None and len(selector.context.target_set) == 60
 
 
 def temperature_of(rule: str, sharp: bool | None, configured: float = 0.0) -> float:
