@@ -243,7 +243,9 @@ def _fit_score_select(selector, group, config: SelectConfig, method, data_prefix
     if scores.shape != (len(pool),):
         raise RuntimeError(f"{method}: scored {scores.shape} for a pool of {len(pool)} sequences")
     seconds = time.perf_counter() - start
-    temperature = rank0_value(selector.selection_temperature(config.gumbel_temperature, scores))
+    temperature = selector.selection_temperature(config.gumbel_temperature, scores)
+    if selector.data_parallel:  # every rank is here (else rank 0 alone runs the method)
+        temperature = rank0_value(temperature)
     selection = select_top_fraction(scores, config.fraction, config.seed, temperature)
     if rank() == 0:
         selector.save(run_dir)

@@ -133,19 +133,24 @@ def test_paper_variant_keeps_the_deterministic_top_k():
     assert BlissSelector.Config(variant="paper").selection_rule == "top_k"
 
 
+def select_bliss(run_dir, shard, tokenizer_dir, target_jsonl, *overrides) -> dict:
+    """``select --method bliss`` on the tiny shard with 60 target examples; its selection.json."""
+    code = main(
+        ["select", "--method", "bliss", "--config", CONFIG, "--data-prefix", shard,
+         "--target-data", str(target_jsonl), "--tokenizer", str(tokenizer_dir),
+         "--run-dir", str(run_dir), "--fraction", "0.25", *TINY_BLISS, "target_limit=60",
+         *overrides]
+    )  # fmt: skip
+    assert code == 0
+    return json.loads((run_dir / "selection.json").read_text())
+
+
 def test_select_records_the_shift_test_and_selects_with_the_temperature_it_chose(
     tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl
 ):
     """60 target examples: 12 are held out of the loop and scored against the pool; the
     selection follows the rule with the temperature ``selection.json`` records."""
-    code = main(
-        ["select", "--method", "bliss", "--config", CONFIG,
-         "--data-prefix", tiny_shard, "--target-data", str(corpus_jsonl),
-         "--tokenizer", str(tokenizer_dir), "--run-dir", str(tmp_path), "--fraction", "0.25",
-         *TINY_BLISS, "target_limit=60"]
-    )  # fmt: skip
-    assert code == 0
-    meta = json.loads((tmp_path / "selection.json").read_text())
+    meta = select_bliss(tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl)
     shift = meta["target_shift"]
     assert meta["selection_rule"] == "auto" and shift["target_examples"] == 12
     uniform = uniform_temperature(np.load(tmp_path / "scores.npy"))
@@ -159,14 +164,9 @@ def test_select_records_the_shift_test_and_selects_with_the_temperature_it_chose
 def test_select_with_alpha_near_zero_keeps_a_uniform_sample(
     tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl
 ):
-    code = main(
-        ["select", "--method", "bliss", "--config", CONFIG,
-         "--data-prefix", tiny_shard, "--target-data", str(corpus_jsonl),
-         "--tokenizer", str(tokenizer_dir), "--run-dir", str(tmp_path), "--fraction", "0.25",
-         *TINY_BLISS, "target_limit=60", "bliss.shift_alpha=1e-300"]
-    )  # fmt: skip
-    assert code == 0
-    meta = json.loads((tmp_path / "selection.json").read_text())
+    meta = select_bliss(
+        tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl, "bliss.shift_alpha=1e-300"
+    )
     assert not meta["target_shift"]["sharp"]
     uniform = select_top_fraction(np.zeros(meta["num_sequences"]), 0.25, meta["seed"], 1.0)
     assert np.array_equal(np.load(tmp_path / "selection.npy"), uniform)
