@@ -148,8 +148,8 @@ class Selector(ABC):
         """float32 scores, one per sequence of ``context.pool``; higher = more useful."""
 
     def selection_temperature(self, configured: float, scores: np.ndarray) -> float:
-        """The Gumbel temperature this selection uses (rank 0's is broadcast): ``configured``
-        unless the method, having scored, has a reason to sample instead (BLISS's
+        """The Gumbel temperature this selection uses (rank 0's, for data-parallel methods):
+        ``configured`` unless the method, having scored, has a reason to sample instead (BLISS's
         ``selection_rule``)."""
         return configured
 
