@@ -776,7 +776,7 @@ class BlissSelector(Selector):
         )
         self.seconds["scoring"] += time.perf_counter() - start
         self._spend_scorer("scoring", len(scores) * self.context.pool.seq_length, "forward")
-        if self.holdout is not None:
+        if self.holdout is not None and hg.rank() == 0:  # rank 0 decides for every rank
             self.shift = self._test_target_shift()
         if self.config.diagnostic_sequences > 0 and self.proxy is not None:  # ranks that fit
             spent = dict(self.flops)  # instrumentation, not the method's cost

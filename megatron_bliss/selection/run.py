@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from megatron_bliss.engine.distributed import rank, world_size
+from megatron_bliss.engine.distributed import host_group, rank, world_size
 from megatron_bliss.errors import ConfigError, InputError
 from megatron_bliss.selection.config import SelectConfig, load_select_config, with_overrides
 from megatron_bliss.selection.registry import get_selector_class
@@ -266,8 +266,6 @@ def rank0_value(value: float) -> float:
     """Rank 0's ``value`` on every rank (one float; the ranks must select the same sequences)."""
     if world_size() == 1:
         return value
-    from megatron_bliss.engine.distributed import host_group
-
     tensor = torch.tensor([float(value)], dtype=torch.float64)
     torch.distributed.broadcast(tensor, src=0, group=host_group())
     return float(tensor.item())

@@ -24,6 +24,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,19 @@ def ranking_scores(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor
     return model.logits(inputs) if hasattr(model, "logits") else model(inputs)
 
 
+@contextmanager
+def scoring_mode(model: torch.nn.Module, device: torch.device, precision: str):
+    """Eval mode, no autograd and the scoring autocast, the model's mode restored after: every
+    score this module makes runs under it, so scores from different inputs compare."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _autocast(device, precision):
+            yield
+    finally:
+        model.train(was_training)
+
+
 def score_range(
     model: torch.nn.Module,
     pool: SequencePool,
@@ -92,14 +106,11 @@ def score_range(
     """float32 scores of sequences ``[start, stop)``, batched, without autograd."""
     device = torch.device(device)
     out = np.empty(stop - start, dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), _autocast(device, precision):
+    with scoring_mode(model, device, precision):
         for begin in range(start, stop, batch_size):
             end = min(stop, begin + batch_size)
             inputs = sequence_inputs(pool, begin, end).to(device, non_blocking=True)
             out[begin - start : end - start] = ranking_scores(model, inputs).float().cpu().numpy()
-    model.train(was_training)
     return out
 
 
@@ -107,16 +118,13 @@ def score_rows(
     model: torch.nn.Module, rows: list[np.ndarray], device, precision: str = "auto"
 ) -> np.ndarray:
     """float32 scores of token rows of any lengths, one forward each, as ``score_range`` scores
-    the pool (same autocast): scores of text from outside the shard, comparable to the pool's."""
+    the pool: scores of text from outside the shard, comparable to the pool's."""
     device = torch.device(device)
     out = np.empty(len(rows), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), _autocast(device, precision):
+    with scoring_mode(model, device, precision):
         for i, row in enumerate(rows):
             inputs = torch.as_tensor(np.asarray(row, dtype=np.int64))[None].to(device)
             out[i] = ranking_scores(model, inputs).float().item()
-    model.train(was_training)
     return out
 
 
