@@ -45,6 +45,9 @@ from megatron_bliss.selection.proxy import (
     sequence_kl,
     sequence_losses,
     target_loss_sum,
+    token_ce,
+    token_consistent_dots,
+    token_losses,
     warmup_lm,
     weighted_lower_loss,
 )
@@ -76,6 +79,8 @@ DIRECTION_PARAMS = ("all", "blocks")
 RANKINGS = ("score_model", "alignment")
 WEIGHTS = ("gibbs", "paper")
 SCORE_HEADS = ("regression", "likelihood_ratio")
+SCORE_PARAMS = ("all", "blocks")
+TOKEN_AGGREGATES = ("mean", "consistency")
 SELECTION_RULES = ("auto", "top_k", "sample")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
@@ -164,6 +169,9 @@ class BlissSelector(Selector):
         tell apart, such as shuffled words; two LM forwards per scored sequence, and trained
         without weight decay, which would move every score alike); or ``regression``, the
         authors' pooled linear head on a copy of the proxy's backbone (half the cost)."""
+        score_params: str = "all"
+        """``likelihood_ratio`` only: which parameters of the trained copy move, ``all`` or the
+        transformer ``blocks`` (token embeddings and LM head stay the warm proxy's)."""
         score_scale: float = 3.0
         """``likelihood_ratio`` only: the logit per nat of loss ratio. With Adam what matters is
         ``score_scale * lr_score``, the logit change per step."""
@@ -188,6 +196,14 @@ class BlissSelector(Selector):
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
+        token_aggregate: str = "mean"
+        """How sequence i's per-token alignments ``d_t = grad l_t . z`` make ``c_i``: ``mean``
+        (``c_i = g_i . z``, the first-order loss change) or ``consistency``, ``mean_t d_t /
+        sqrt(mean_t d_t^2)``. A few token types the proxy gets badly wrong, repeated (runs of
+        spaces in code, table padding), give a sequence a large ``g_i . z`` from one narrow
+        feature whose gain the first steps on it exhaust; ``consistency`` ranks a sequence by how
+        evenly its tokens move the target's way (a scale-free per-sequence normalisation, as the
+        cosine is in parameter space). ``fd`` or ``jvp`` dots only."""
         dots: str = "auto"
         """How ``c_i`` is computed: ``fd`` (central difference of two inference forwards),
         ``jvp`` (forward-mode AD), ``graph`` (double backward through the lower gradient),
@@ -245,6 +261,7 @@ class BlissSelector(Selector):
                 "solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS,
                 "direction_params": DIRECTION_PARAMS, "ranking": RANKINGS, "weights": WEIGHTS,
                 "score_head": SCORE_HEADS, "selection_rule": SELECTION_RULES,
+                "score_params": SCORE_PARAMS, "token_aggregate": TOKEN_AGGREGATES,
             }  # fmt: skip
             for name, known in choices.items():
                 if getattr(self, name) not in known:
@@ -253,6 +270,10 @@ class BlissSelector(Selector):
                     )
             if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
                 raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
+            if self.token_aggregate != "mean" and (
+                self.dots == "graph" or self.solver in NEEDS_HVP
+            ):
+                raise ValueError("token_aggregate 'consistency' needs dots 'fd' or 'jvp'")
             if not self.score_scale > 0:
                 raise ValueError(f"score_scale must be > 0, got {self.score_scale}")
             if not self.temperature > 0:
@@ -383,6 +404,10 @@ class BlissSelector(Selector):
         if target is not None:
             target.to(target_dtype)
         self.score_model = self.prepare_score_model(warm_proxy).to(dtype)
+        if self.config.score_params == "blocks" and isinstance(
+            self.score_model, LikelihoodRatioScoreModel
+        ):
+            freeze_outside_blocks(self.score_model.lm)
         self.proxy = copy.deepcopy(warm_proxy).train()
         del warm_proxy
         self._train()
@@ -665,7 +690,10 @@ class BlissSelector(Selector):
         }
 
     def alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
-        """``g_i . z`` of every row without a graph: finite differences or forward mode."""
+        """``c_i`` of every row (``token_aggregate``) without a graph: finite differences or
+        forward mode."""
+        if self.config.token_aggregate == "consistency":
+            return token_consistent_dots(self._token_alignment(tokens, z))
         if self.config.dots == "jvp":
             with sdpa_math():
                 return hg.jvp_sample_dots(
@@ -673,6 +701,16 @@ class BlissSelector(Selector):
                     lambda out: sequence_ce(out.logits, tokens), z,
                 )  # fmt: skip
         return hg.fd_sample_dots(self.proxy, lambda model: sequence_losses(model, tokens), z)
+
+    def _token_alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
+        """``grad l_t . z`` of every position, ``[B, L]``."""
+        if self.config.dots == "jvp":
+            with sdpa_math():
+                return hg.jvp_sample_dots(
+                    self.proxy, {"input_ids": tokens[:, :-1]},
+                    lambda out: token_ce(out.logits, tokens), z,
+                )  # fmt: skip
+        return hg.fd_sample_dots(self.proxy, lambda model: token_losses(model, tokens), z)
 
     def _sample_dots(self, tokens, global_scores, direction: Direction, grad_f):
         """``(c_i of this rank's rows, solver info, HVPs used)`` for z from ``direction``."""
@@ -880,6 +918,14 @@ def restricted_to_blocks(model: torch.nn.Module, grads: list[torch.Tensor]) -> l
     return [
         g if id(p) in inside else torch.zeros_like(g) for g, p in zip(grads, model.parameters())
     ]
+
+
+def freeze_outside_blocks(model: torch.nn.Module) -> None:
+    from megatron_bliss.models.compile import transformer_blocks
+
+    inside = {id(p) for block in transformer_blocks(model) for p in block.parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in inside)
 
 
 def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tensor):

@@ -80,11 +80,16 @@ def upcast(tensor: torch.Tensor) -> torch.Tensor:
 
 def sequence_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-sequence mean next-token cross-entropy, shape (B,)."""
+    return token_ce(logits, tokens).mean(1)
+
+
+def token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of every position from the logits, shape (B, L)."""
     vocab = logits.shape[-1]
     ce = F.cross_entropy(
         upcast(logits).reshape(-1, vocab), tokens[:, 1:].reshape(-1), reduction="none"
     )
-    return ce.view(tokens.shape[0], -1).mean(1)
+    return ce.view(tokens.shape[0], -1)
 
 
 def sequence_kl(proxy_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
@@ -128,6 +133,26 @@ def sequence_losses(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
     hidden = hidden_states(model, tokens[:, :-1])
     weight, bias = output_head(model, hidden.dtype)
     return upcast(sequence_cross_entropy(hidden, weight, tokens[:, 1:], bias=bias))
+
+
+def token_losses(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of every position, shape ``[B, L]`` (``tokens`` ``[B, L + 1]``),
+    the LM head fused into the loss as in ``sequence_losses``."""
+    hidden = hidden_states(model, tokens[:, :-1])
+    weight, bias = output_head(model, hidden.dtype)
+    batch, length, width = hidden.shape
+    losses = linear_cross_entropy(
+        hidden.reshape(batch * length, width), weight, tokens[:, 1:].reshape(-1), bias=bias,
+        reduction="none",
+    )  # fmt: skip
+    return upcast(losses).view(batch, length)
+
+
+def token_consistent_dots(token_dots: torch.Tensor) -> torch.Tensor:
+    """``mean_t d_t / sqrt(mean_t d_t^2)`` of each row of per-token alignments ``[B, L]``: the
+    cosine between a sequence's per-token contributions and a constant, in [-1, 1]."""
+    rms = token_dots.pow(2).mean(1).sqrt()
+    return token_dots.mean(1) / rms.clamp_min(torch.finfo(token_dots.dtype).tiny)
 
 
 def weighted_lower_loss(

@@ -15,7 +15,7 @@ from megatron_bliss.selection.hypergrad import (
     normalize_dots,
     surrogate_loss,
 )
-from megatron_bliss.selection.proxy import lm_logits, sdpa_math, sequence_ce
+from megatron_bliss.selection.proxy import lm_logits, sdpa_math, sequence_ce, token_ce
 from megatron_bliss.selection.solvers import Direction, SolverSettings
 
 
@@ -129,6 +129,42 @@ def test_a_blocks_direction_is_zero_outside_the_transformer_blocks(model_and_tok
     assert {"gpt_neox.embed_in.weight", "lm_head.weight"} <= set(outside)
 
 
+def explicit_token_dots(model, tokens, z):
+    """``grad l_t . z`` of every position, one backward per token."""
+    rows = []
+    for row in tokens:
+        losses = token_ce(lm_logits(model, row[None]), row[None])[0]
+        dots = []
+        for loss in losses:
+            grads = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+            dots.append(sum((g * v).sum() for g, v in zip(grads, z)))
+        rows.append(torch.stack(dots))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("dots, rtol", [("fd", 2e-4), ("jvp", 1e-8)])  # fd: central differences
+def test_consistency_dots_are_the_cosine_of_the_per_token_alignments_with_a_constant(
+    model_and_tokens, dots, rtol
+):
+    model, tokens, z = model_and_tokens
+    selector = BlissSelector.__new__(BlissSelector)
+    selector.proxy = model
+    selector.config = BlissSelector.Config(token_aggregate="consistency", dots=dots)
+    with sdpa_math():
+        per_token = explicit_token_dots(model, tokens, z)
+        got = selector.alignment(tokens, z)
+    expected = per_token.mean(1) / per_token.pow(2).mean(1).sqrt()
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=1e-10)
+    assert bool((got.abs() <= 1).all())
+    # scale-free along z; the mean aggregate is g_i . z, the mean of the same per-token dots
+    scaled = selector.alignment(tokens, [v * 9.0 for v in z])
+    torch.testing.assert_close(scaled, got, rtol=rtol, atol=1e-10)
+    selector.config = BlissSelector.Config(token_aggregate="mean", dots=dots)
+    torch.testing.assert_close(
+        selector.alignment(tokens, z), per_token.mean(1), rtol=rtol, atol=1e-10
+    )
+
+
 def test_paper_variant_applies_the_authors_settings_over_the_keys():
     config = BlissSelector.Config(variant="paper", solver="adam", normalize="standardize",
                                   dots="fd", upper_batch_size=64)  # fmt: skip
@@ -149,6 +185,9 @@ def test_paper_variant_applies_the_authors_settings_over_the_keys():
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"score_head": "mlp"}, "score_head 'mlp'"),
         ({"score_scale": -1.0}, "score_scale must be > 0"),
+        ({"token_aggregate": "consistency", "dots": "graph"}, "needs dots 'fd' or 'jvp'"),
+        ({"token_aggregate": "median"}, "token_aggregate 'median'"),
+        ({"score_params": "head"}, "score_params 'head'"),
     ],
 )
 def test_invalid_settings_are_refused(changes, message):

@@ -93,3 +93,22 @@ def test_the_score_cli_ranks_with_a_saved_likelihood_ratio(tiny_shard, tmp_path,
                  "--out", str(out), "--precision", "float32"]) == 0  # fmt: skip
     scores = np.load(out)
     assert np.isfinite(scores).all() and scores.std() > 0
+
+
+def test_a_blocks_score_copy_moves_only_its_transformer_blocks(
+    tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl
+):
+    """``score_params: blocks``: after a BLISS fit the trained copy's token embeddings and LM
+    head are still the warm proxy's (the frozen copy's), and its blocks have moved."""
+    from tests.selection.test_target_shift import select_bliss
+
+    select_bliss(tmp_path, tiny_shard, tokenizer_dir, corpus_jsonl, "bliss.score_params=blocks")
+    model = load_score_model(tmp_path / "score_model")
+    moved = {
+        name: not torch.equal(trained, frozen)
+        for (name, trained), frozen in zip(
+            model.lm.named_parameters(), model.reference.parameters()
+        )
+    }
+    assert not moved["gpt_neox.embed_in.weight"] and not moved["lm_head.weight"]
+    assert moved["gpt_neox.layers.0.attention.query_key_value.weight"]
