@@ -80,7 +80,7 @@ RANKINGS = ("score_model", "alignment")
 WEIGHTS = ("gibbs", "paper")
 SCORE_HEADS = ("regression", "likelihood_ratio")
 SCORE_PARAMS = ("all", "blocks")
-TOKEN_AGGREGATES = ("mean", "consistency")
+ALIGNMENTS = ("dot", "consistency", "cosine")
 SELECTION_RULES = ("auto", "top_k", "sample")
 PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 # The authors' algorithm (method-spec 1.3), applied over the keys when ``variant: paper``.
@@ -196,14 +196,15 @@ class BlissSelector(Selector):
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
-        token_aggregate: str = "mean"
-        """How sequence i's per-token alignments ``d_t = grad l_t . z`` make ``c_i``: ``mean``
-        (``c_i = g_i . z``, the first-order loss change) or ``consistency``, ``mean_t d_t /
-        sqrt(mean_t d_t^2)``. A few token types the proxy gets badly wrong, repeated (runs of
-        spaces in code, table padding), give a sequence a large ``g_i . z`` from one narrow
-        feature whose gain the first steps on it exhaust; ``consistency`` ranks a sequence by how
-        evenly its tokens move the target's way (a scale-free per-sequence normalisation, as the
-        cosine is in parameter space). ``fd`` or ``jvp`` dots only."""
+        alignment: str = "dot"
+        """What ``c_i`` is, from the per-token alignments ``d_t = grad l_t . z`` of sequence i:
+        ``dot``, ``g_i . z = mean_t d_t`` (the first-order change of its loss along z); or two
+        scale-free forms studied against junk at the top of the ranking (a few token types the
+        proxy gets badly wrong, repeated, such as runs of spaces, give a large ``g_i . z``;
+        ``benchmarks/results/bliss_top_sequences_study.md``): ``consistency``, ``mean_t d_t /
+        sqrt(mean_t d_t^2)``, how evenly the tokens move the target's way; ``cosine``,
+        ``g_i . z / ||g_i||`` as LESS ranks, at one per-sample backward per sequence more.
+        ``fd`` or ``jvp`` dots only."""
         dots: str = "auto"
         """How ``c_i`` is computed: ``fd`` (central difference of two inference forwards),
         ``jvp`` (forward-mode AD), ``graph`` (double backward through the lower gradient),
@@ -261,7 +262,7 @@ class BlissSelector(Selector):
                 "solver": SOLVERS, "normalize": NORMALIZATIONS, "dots": DOTS,
                 "direction_params": DIRECTION_PARAMS, "ranking": RANKINGS, "weights": WEIGHTS,
                 "score_head": SCORE_HEADS, "selection_rule": SELECTION_RULES,
-                "score_params": SCORE_PARAMS, "token_aggregate": TOKEN_AGGREGATES,
+                "score_params": SCORE_PARAMS, "alignment": ALIGNMENTS,
             }  # fmt: skip
             for name, known in choices.items():
                 if getattr(self, name) not in known:
@@ -270,10 +271,8 @@ class BlissSelector(Selector):
                     )
             if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
                 raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
-            if self.token_aggregate != "mean" and (
-                self.dots == "graph" or self.solver in NEEDS_HVP
-            ):
-                raise ValueError("token_aggregate 'consistency' needs dots 'fd' or 'jvp'")
+            if self.alignment != "dot" and (self.dots == "graph" or self.solver in NEEDS_HVP):
+                raise ValueError(f"alignment '{self.alignment}' needs dots 'fd' or 'jvp'")
             if not self.score_scale > 0:
                 raise ValueError(f"score_scale must be > 0, got {self.score_scale}")
             if not self.temperature > 0:
@@ -690,17 +689,23 @@ class BlissSelector(Selector):
         }
 
     def alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
-        """``c_i`` of every row (``token_aggregate``) without a graph: finite differences or
-        forward mode."""
-        if self.config.token_aggregate == "consistency":
+        """``c_i`` of every row (``alignment``) without a graph: finite differences or forward
+        mode."""
+        if self.config.alignment == "consistency":
             return token_consistent_dots(self._token_alignment(tokens, z))
         if self.config.dots == "jvp":
             with sdpa_math():
-                return hg.jvp_sample_dots(
+                dots = hg.jvp_sample_dots(
                     self.proxy, {"input_ids": tokens[:, :-1]},
                     lambda out: sequence_ce(out.logits, tokens), z,
                 )  # fmt: skip
-        return hg.fd_sample_dots(self.proxy, lambda model: sequence_losses(model, tokens), z)
+        else:
+            dots = hg.fd_sample_dots(self.proxy, lambda model: sequence_losses(model, tokens), z)
+        if self.config.alignment == "cosine":
+            with sdpa_math():
+                norms = per_sample_gradient_norms(self.proxy, tokens)
+            return dots / norms.to(dots.dtype).clamp_min(torch.finfo(dots.dtype).tiny)
+        return dots
 
     def _token_alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
         """``grad l_t . z`` of every position, ``[B, L]``."""
@@ -718,12 +723,7 @@ class BlissSelector(Selector):
         if not use_graph:
             z, info = direction(None, grad_f)
             dots = self.alignment(tokens, z)
-            self.spend(
-                "training",
-                self.proxy,
-                len(tokens) * self.context.pool.seq_length,
-                PASS_OF_DOTS[self.config.dots],
-            )
+            self._spend_alignment("training", len(tokens))
             return dots, info, 0
         per_rank = len(tokens)
         weights = torch.softmax(global_scores.detach(), 0)
@@ -872,10 +872,14 @@ class BlissSelector(Selector):
             tokens = pool_batch(pool, chunk, self.context.device)
             scores.append(self.alignment(tokens, z).float().cpu().numpy())
         self.seconds["scoring"] += time.perf_counter() - start
-        self.spend(
-            "scoring", self.proxy, len(pool) * pool.seq_length, PASS_OF_DOTS[self.config.dots]
-        )
+        self._spend_alignment("scoring", len(pool))
         return np.concatenate(scores)
+
+    def _spend_alignment(self, kind: str, sequences: int) -> None:
+        tokens = sequences * self.context.pool.seq_length
+        self.spend(kind, self.proxy, tokens, PASS_OF_DOTS[self.config.dots])
+        if self.config.alignment == "cosine":  # the per-sample gradients
+            self.spend(kind, self.proxy, tokens, "train")
 
     def summary(self) -> dict:
         summary = {"selection_rule": self.config.selection_rule}
@@ -929,7 +933,18 @@ def freeze_outside_blocks(model: torch.nn.Module) -> None:
 
 
 def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tensor):
-    """(loss, ||grad loss||) of every row, by ``torch.func`` per-sample gradients."""
+    """(loss, ||grad loss||) of every row, as numpy arrays."""
+    norms = per_sample_gradient_norms(model, tokens)
+    with torch.no_grad():
+        losses = sequence_ce(lm_logits(model, tokens), tokens)
+    return losses.cpu().numpy(), norms.cpu().numpy()
+
+
+def per_sample_gradient_norms(
+    model: torch.nn.Module, tokens: torch.Tensor, chunk: int = 16
+) -> torch.Tensor:
+    """``||grad L_i||`` of every row by ``torch.func`` per-sample gradients, ``chunk`` rows at a
+    time (each holds a gradient as large as the model)."""
     from torch.func import functional_call, grad, vmap
 
     params = {name: p.detach() for name, p in model.named_parameters()}
@@ -938,11 +953,11 @@ def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tens
         logits = functional_call(model, parameters, (), {"input_ids": row[None, :-1]}).logits
         return sequence_ce(logits, row[None])[0]
 
-    grads = vmap(grad(loss_of), in_dims=(None, 0))(params, tokens)
-    squared = sum(g.reshape(len(tokens), -1).pow(2).sum(1) for g in grads.values())
-    with torch.no_grad():
-        losses = sequence_ce(lm_logits(model, tokens), tokens)
-    return losses.cpu().numpy(), squared.sqrt().cpu().numpy()
+    norms = []
+    for rows in tokens.split(chunk):
+        grads = vmap(grad(loss_of), in_dims=(None, 0))(params, rows)
+        norms.append(sum(g.reshape(len(rows), -1).pow(2).sum(1) for g in grads.values()).sqrt())
+    return torch.cat(norms)
 
 
 @dataclass

@@ -149,7 +149,7 @@ def test_consistency_dots_are_the_cosine_of_the_per_token_alignments_with_a_cons
     model, tokens, z = model_and_tokens
     selector = BlissSelector.__new__(BlissSelector)
     selector.proxy = model
-    selector.config = BlissSelector.Config(token_aggregate="consistency", dots=dots)
+    selector.config = BlissSelector.Config(alignment="consistency", dots=dots)
     with sdpa_math():
         per_token = explicit_token_dots(model, tokens, z)
         got = selector.alignment(tokens, z)
@@ -159,10 +159,27 @@ def test_consistency_dots_are_the_cosine_of_the_per_token_alignments_with_a_cons
     # scale-free along z; the mean aggregate is g_i . z, the mean of the same per-token dots
     scaled = selector.alignment(tokens, [v * 9.0 for v in z])
     torch.testing.assert_close(scaled, got, rtol=rtol, atol=1e-10)
-    selector.config = BlissSelector.Config(token_aggregate="mean", dots=dots)
+    selector.config = BlissSelector.Config(alignment="dot", dots=dots)
     torch.testing.assert_close(
         selector.alignment(tokens, z), per_token.mean(1), rtol=rtol, atol=1e-10
     )
+
+
+@pytest.mark.parametrize("dots, rtol", [("fd", 2e-4), ("jvp", 1e-8)])
+def test_cosine_dots_divide_g_i_dot_z_by_the_per_sample_gradient_norm(model_and_tokens, dots, rtol):
+    model, tokens, z = model_and_tokens
+    selector = BlissSelector.__new__(BlissSelector)
+    selector.proxy = model
+    selector.config = BlissSelector.Config(alignment="cosine", dots=dots)
+    expected = []
+    with sdpa_math():
+        for row in tokens:
+            loss = sequence_ce(lm_logits(model, row[None]), row[None])[0]
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+            norm = torch.sqrt(sum((g * g).sum() for g in grads))
+            expected.append(sum((g * v).sum() for g, v in zip(grads, z)) / norm)
+        got = selector.alignment(tokens, z)
+    torch.testing.assert_close(got, torch.stack(expected), rtol=rtol, atol=1e-10)
 
 
 def test_paper_variant_applies_the_authors_settings_over_the_keys():
@@ -185,8 +202,9 @@ def test_paper_variant_applies_the_authors_settings_over_the_keys():
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"score_head": "mlp"}, "score_head 'mlp'"),
         ({"score_scale": -1.0}, "score_scale must be > 0"),
-        ({"token_aggregate": "consistency", "dots": "graph"}, "needs dots 'fd' or 'jvp'"),
-        ({"token_aggregate": "median"}, "token_aggregate 'median'"),
+        ({"alignment": "consistency", "dots": "graph"}, "needs dots 'fd' or 'jvp'"),
+        ({"alignment": "cosine", "solver": "cg"}, "needs dots"),
+        ({"alignment": "median"}, "alignment 'median'"),
         ({"score_params": "head"}, "score_params 'head'"),
     ],
 )
