@@ -692,30 +692,25 @@ class BlissSelector(Selector):
         """``c_i`` of every row (``alignment``) without a graph: finite differences or forward
         mode."""
         if self.config.alignment == "consistency":
-            return token_consistent_dots(self._token_alignment(tokens, z))
-        if self.config.dots == "jvp":
-            with sdpa_math():
-                dots = hg.jvp_sample_dots(
-                    self.proxy, {"input_ids": tokens[:, :-1]},
-                    lambda out: sequence_ce(out.logits, tokens), z,
-                )  # fmt: skip
-        else:
-            dots = hg.fd_sample_dots(self.proxy, lambda model: sequence_losses(model, tokens), z)
+            return token_consistent_dots(self._directional_derivatives(tokens, z, per_token=True))
+        dots = self._directional_derivatives(tokens, z, per_token=False)
         if self.config.alignment == "cosine":
             with sdpa_math():
                 norms = per_sample_gradient_norms(self.proxy, tokens)
             return dots / norms.to(dots.dtype).clamp_min(torch.finfo(dots.dtype).tiny)
         return dots
 
-    def _token_alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
-        """``grad l_t . z`` of every position, ``[B, L]``."""
+    def _directional_derivatives(self, tokens, z, per_token: bool) -> torch.Tensor:
+        """The derivative along z of each row's loss (``[B]``) or of each position's (``[B, L]``)."""
         if self.config.dots == "jvp":
+            logits_loss = token_ce if per_token else sequence_ce
             with sdpa_math():
                 return hg.jvp_sample_dots(
                     self.proxy, {"input_ids": tokens[:, :-1]},
-                    lambda out: token_ce(out.logits, tokens), z,
+                    lambda out: logits_loss(out.logits, tokens), z,
                 )  # fmt: skip
-        return hg.fd_sample_dots(self.proxy, lambda model: token_losses(model, tokens), z)
+        model_loss = token_losses if per_token else sequence_losses
+        return hg.fd_sample_dots(self.proxy, lambda model: model_loss(model, tokens), z)
 
     def _sample_dots(self, tokens, global_scores, direction: Direction, grad_f):
         """``(c_i of this rank's rows, solver info, HVPs used)`` for z from ``direction``."""
@@ -914,20 +909,23 @@ class BlissSelector(Selector):
             atomic_write_json(run_dir / "bliss_diagnostics.json", self.diagnostics)
 
 
-def restricted_to_blocks(model: torch.nn.Module, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``grads`` (one per ``model.parameters()``) with zeros outside the transformer blocks."""
+def block_parameter_ids(model: torch.nn.Module) -> set[int]:
+    """``id`` of every parameter inside the transformer blocks."""
     from megatron_bliss.models.compile import transformer_blocks
 
-    inside = {id(p) for block in transformer_blocks(model) for p in block.parameters()}
+    return {id(p) for block in transformer_blocks(model) for p in block.parameters()}
+
+
+def restricted_to_blocks(model: torch.nn.Module, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``grads`` (one per ``model.parameters()``) with zeros outside the transformer blocks."""
+    inside = block_parameter_ids(model)
     return [
         g if id(p) in inside else torch.zeros_like(g) for g, p in zip(grads, model.parameters())
     ]
 
 
 def freeze_outside_blocks(model: torch.nn.Module) -> None:
-    from megatron_bliss.models.compile import transformer_blocks
-
-    inside = {id(p) for block in transformer_blocks(model) for p in block.parameters()}
+    inside = block_parameter_ids(model)
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in inside)
 
