@@ -87,7 +87,7 @@ PASS_OF_DOTS = {"auto": "fd", "fd": "fd", "jvp": "jvp"}
 PAPER_SETTINGS = {
     "solver": "paper", "paper_loops": 3, "paper_lr": 1e-2, "lamb": 1e-2, "normalize": "none",
     "dots": "graph", "upper_batch_size": None, "direction_params": "all", "weights": "paper",
-    "score_head": "regression", "selection_rule": "top_k",
+    "score_head": "regression", "selection_rule": "top_k", "alignment": "dot",
 }  # fmt: skip
 
 
@@ -196,15 +196,16 @@ class BlissSelector(Selector):
         normalize: str = "standardize"
         """``c_i = g_i . z`` as the score model sees it: ``standardize`` (per global batch) or
         ``none`` (raw, as the authors)."""
-        alignment: str = "dot"
+        alignment: str = "cosine"
         """What ``c_i`` is, from the per-token alignments ``d_t = grad l_t . z`` of sequence i:
-        ``dot``, ``g_i . z = mean_t d_t`` (the first-order change of its loss along z); or two
-        scale-free forms studied against junk at the top of the ranking (a few token types the
-        proxy gets badly wrong, repeated, such as runs of spaces, give a large ``g_i . z``;
-        ``benchmarks/results/bliss_top_sequences_study.md``): ``consistency``, ``mean_t d_t /
-        sqrt(mean_t d_t^2)``, how evenly the tokens move the target's way; ``cosine``,
-        ``g_i . z / ||g_i||`` as LESS ranks, at one per-sample backward per sequence more.
-        ``fd`` or ``jvp`` dots only."""
+        ``cosine``, ``g_i . z / ||g_i||`` as LESS ranks (both terms from per-sample gradients:
+        a forward-backward per sequence instead of the dot's two forwards; ``dots`` then only
+        matters for solvers that build the lower graph); ``dot``, the raw ``g_i . z = mean_t
+        d_t`` (the first-order change of its loss along z), which text made of a few token types
+        the proxy gets badly wrong, repeated (runs of spaces), tops
+        (``benchmarks/results/bliss_top_sequences_study.md``); or ``consistency``, ``mean_t d_t
+        / sqrt(mean_t d_t^2)``, how evenly the tokens move the target's way (needs per-token
+        dots: ``fd`` or ``jvp``). Measured in README "Efficacy"."""
         dots: str = "auto"
         """How ``c_i`` is computed: ``fd`` (central difference of two inference forwards),
         ``jvp`` (forward-mode AD), ``graph`` (double backward through the lower gradient),
@@ -271,8 +272,8 @@ class BlissSelector(Selector):
                     )
             if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
                 raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
-            if self.alignment != "dot" and (self.dots == "graph" or self.solver in NEEDS_HVP):
-                raise ValueError(f"alignment '{self.alignment}' needs dots 'fd' or 'jvp'")
+            if self.alignment == "consistency" and (self.dots == "graph" or self.solver in NEEDS_HVP):
+                raise ValueError("alignment 'consistency' needs dots 'fd' or 'jvp' (per-token dots)")
             if not self.score_scale > 0:
                 raise ValueError(f"score_scale must be > 0, got {self.score_scale}")
             if not self.temperature > 0:
@@ -693,12 +694,19 @@ class BlissSelector(Selector):
         mode."""
         if self.config.alignment == "consistency":
             return token_consistent_dots(self._directional_derivatives(tokens, z, per_token=True))
-        dots = self._directional_derivatives(tokens, z, per_token=False)
-        if self.config.alignment == "cosine":
+        if self.config.alignment == "cosine":  # the per-sample gradients give both terms
             with sdpa_math():
-                norms = per_sample_gradient_norms(self.proxy, tokens)
-            return dots / norms.to(dots.dtype).clamp_min(torch.finfo(dots.dtype).tiny)
-        return dots
+                norms, dots = per_sample_gradient_terms(self.proxy, tokens, z)
+            return divided_by_norms(dots, norms)
+        return self._directional_derivatives(tokens, z, per_token=False)
+
+    def _per_sample_scaled(self, dots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Dots from elsewhere (the lower graph) in the form ``alignment`` asks for."""
+        if self.config.alignment != "cosine":
+            return dots
+        with sdpa_math():
+            norms, _ = per_sample_gradient_terms(self.proxy, tokens)
+        return divided_by_norms(dots, norms)
 
     def _directional_derivatives(self, tokens, z, per_token: bool) -> torch.Tensor:
         """The derivative along z of each row's loss (``[B]``) or of each position's (``[B, L]``)."""
@@ -728,6 +736,9 @@ class BlissSelector(Selector):
             graph = hg.LowerGraph(list(self.proxy.parameters()), ce, local_weights, extra)
             z, info = direction(graph.hvp, grad_f)
             dots = graph.sample_dots(z)
+        dots = self._per_sample_scaled(dots, tokens)
+        if self.config.alignment == "cosine":
+            self.spend("training", self.proxy, per_rank * self.context.pool.seq_length, "train")
         self._spend_lower(per_rank, "graph")
         for _ in range(graph.num_hvps + 1):  # each HVP and the dot extraction
             self.spend(
@@ -872,9 +883,8 @@ class BlissSelector(Selector):
 
     def _spend_alignment(self, kind: str, sequences: int) -> None:
         tokens = sequences * self.context.pool.seq_length
-        self.spend(kind, self.proxy, tokens, PASS_OF_DOTS[self.config.dots])
-        if self.config.alignment == "cosine":  # the per-sample gradients
-            self.spend(kind, self.proxy, tokens, "train")
+        cosine = self.config.alignment == "cosine"  # a forward-backward per sequence
+        self.spend(kind, self.proxy, tokens, "train" if cosine else PASS_OF_DOTS[self.config.dots])
 
     def summary(self) -> dict:
         summary = {"selection_rule": self.config.selection_rule}
@@ -932,30 +942,42 @@ def freeze_outside_blocks(model: torch.nn.Module) -> None:
 
 def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tensor):
     """(loss, ||grad loss||) of every row, as numpy arrays."""
-    norms = per_sample_gradient_norms(model, tokens)
+    norms, _ = per_sample_gradient_terms(model, tokens)
     with torch.no_grad():
         losses = sequence_ce(lm_logits(model, tokens), tokens)
     return losses.cpu().numpy(), norms.cpu().numpy()
 
 
-def per_sample_gradient_norms(
-    model: torch.nn.Module, tokens: torch.Tensor, chunk: int = 16
-) -> torch.Tensor:
-    """``||grad L_i||`` of every row by ``torch.func`` per-sample gradients, ``chunk`` rows at a
-    time (each holds a gradient as large as the model)."""
+def per_sample_gradient_terms(
+    model: torch.nn.Module, tokens: torch.Tensor, z: list[torch.Tensor] | None = None,
+    chunk: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(||g_i||, g_i . z)`` of every row, ``g_i`` the gradient of its mean loss, from
+    ``torch.func`` per-sample gradients ``chunk`` rows at a time (each row's gradient is as large
+    as the model, so memory is ``chunk`` x the parameters); ``g_i . z`` only when ``z`` (one
+    tensor per ``model.parameters()``) is given."""
     from torch.func import functional_call, grad, vmap
 
-    params = {name: p.detach() for name, p in model.named_parameters()}
+    named = dict(model.named_parameters())
+    params = {name: p.detach() for name, p in named.items()}
+    along = dict(zip(named, z)) if z is not None else None
 
     def loss_of(parameters, row):
         logits = functional_call(model, parameters, (), {"input_ids": row[None, :-1]}).logits
         return sequence_ce(logits, row[None])[0]
 
-    norms = []
+    norms, dots = [], []
     for rows in tokens.split(chunk):
         grads = vmap(grad(loss_of), in_dims=(None, 0))(params, rows)
-        norms.append(sum(g.reshape(len(rows), -1).pow(2).sum(1) for g in grads.values()).sqrt())
-    return torch.cat(norms)
+        flat = {name: g.reshape(len(rows), -1) for name, g in grads.items()}
+        norms.append(sum(g.pow(2).sum(1) for g in flat.values()).sqrt())
+        if along is not None:
+            dots.append(sum(g @ along[name].reshape(-1).to(g.dtype) for name, g in flat.items()))
+    return torch.cat(norms), (torch.cat(dots) if along is not None else None)
+
+
+def divided_by_norms(dots: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    return dots / norms.to(dots.dtype).clamp_min(torch.finfo(dots.dtype).tiny)
 
 
 @dataclass
