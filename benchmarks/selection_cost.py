@@ -12,15 +12,16 @@
    model on micro-batches of 4 gathered sequence by sequence, under ``torch.no_grad``). Target:
    >= 1.5x on CPU. Both timed after a warm-up pass, in the same process.
 
-3. One BLISS outer step (the shipped default: inner step, grad f, its solver's direction, c_i by
-   finite differences, the score-model step) against one plain AdamW step of the proxy on the
+3. One BLISS outer step (the shipped default: inner step, grad f, its solver's direction, c_i
+   (cosine: per-sample gradients; dot: finite differences), the score-model step) against one plain AdamW step of the proxy on the
    same batch (``--step-batch`` sequences: inner batch, draws and target batch all that size).
    Target: <= 6x (the physical floor is about 5 forward-backward equivalents).
-4. The hypergradient of the score model on one batch with a fixed z: this project's form (c_i by
-   finite differences, one backward of ``-sum_i softmax(s)_i c_i``) against the authors' per-sample
-   formulation (a loop over the micro-batch: backward of each s_i for its score-model gradient
-   and of each CE_i for g_i, then ``-sum_i P_i (grad s_i - sum_j P_j grad s_j) (g_i . z)``); the
-   two must agree (cosine reported). Target: >= 5x faster.
+4. The hypergradient of the score model on one batch with a fixed z: this project's form (c_i as
+   the outer step computes it, one backward of ``-sum_i softmax(s)_i c_i``) against the authors'
+   per-sample formulation (a loop over the micro-batch: backward of each s_i for its score-model
+   gradient and of each CE_i for g_i, then ``-sum_i P_i (grad s_i - sum_j P_j grad s_j) c_i``
+   with ``c_i = g_i . z``, divided by ``||g_i||`` under the cosine alignment); the two must agree
+   (cosine similarity reported). Target: >= 5x faster.
 Items 3-4 are medians of ``--repeats`` timings after a warm-up call, in the same process.
 
 Pool: real C4 (``../shared/data/c4``; the built-in corpus when absent), 4k byte-level BPE.
@@ -164,7 +165,7 @@ def hypergradient_cost(selector: BlissSelector, batch: int, repeats: int) -> dic
 
     def batched():
         scores = score_model(tokens[:, :-1])
-        dots = selector.alignment(tokens, z)  # what the outer step runs (fd, fused loss)
+        dots = selector.alignment(tokens, z)  # what the outer step runs
         return _flat(torch.autograd.grad(surrogate_loss(scores, dots), score_params))
 
     def per_sample():
@@ -174,7 +175,10 @@ def hypergradient_cost(selector: BlissSelector, batch: int, repeats: int) -> dic
             grads.append(_flat(torch.autograd.grad(score, score_params)))
             ce = sequence_ce(lm_logits(proxy, row[None]), row[None])[0]
             g = torch.autograd.grad(ce, list(proxy.parameters()))
-            dots.append(sum((gi * zi).sum() for gi, zi in zip(g, z)))
+            dot = sum((gi * zi).sum() for gi, zi in zip(g, z))
+            if selector.config.alignment == "cosine":
+                dot = dot / torch.sqrt(sum((gi * gi).sum() for gi in g))
+            dots.append(dot)
             scores.append(score.detach())
         weights = torch.softmax(torch.stack(scores), 0)
         return explicit_hypergradient(torch.stack(grads), weights, torch.stack(dots).detach())

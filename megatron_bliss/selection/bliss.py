@@ -206,6 +206,9 @@ class BlissSelector(Selector):
         (``benchmarks/results/bliss_top_sequences_study.md``); or ``consistency``, ``mean_t d_t
         / sqrt(mean_t d_t^2)``, how evenly the tokens move the target's way (needs per-token
         dots: ``fd`` or ``jvp``). Measured in README "Efficacy"."""
+        per_sample_chunk: int = 16
+        """``cosine``: rows whose per-sample gradients are held at once (memory: this many
+        copies of the proxy's parameters, about 10 GB for a pythia-160m proxy in float32)."""
         dots: str = "auto"
         """How ``c_i`` is computed: ``fd`` (central difference of two inference forwards),
         ``jvp`` (forward-mode AD), ``graph`` (double backward through the lower gradient),
@@ -284,7 +287,8 @@ class BlissSelector(Selector):
                 raise ValueError("holdout_examples must be >= 0")
             if not 0 < self.shift_alpha < 1:
                 raise ValueError(f"shift_alpha must be in (0, 1), got {self.shift_alpha}")
-            names = ("outer_steps", "batch_size", "target_batch_size", "upper_batch_size")
+            names = ("outer_steps", "batch_size", "target_batch_size", "upper_batch_size",
+                     "per_sample_chunk")  # fmt: skip
             for name in names + ("unroll_steps",):
                 if getattr(self, name) is not None and getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1")
@@ -696,7 +700,9 @@ class BlissSelector(Selector):
             return token_consistent_dots(self._directional_derivatives(tokens, z, per_token=True))
         if self.config.alignment == "cosine":  # the per-sample gradients give both terms
             with sdpa_math():
-                norms, dots = per_sample_gradient_terms(self.proxy, tokens, z)
+                norms, dots = per_sample_gradient_terms(
+                    self.proxy, tokens, z, self.config.per_sample_chunk
+                )
             return divided_by_norms(dots, norms)
         return self._directional_derivatives(tokens, z, per_token=False)
 
@@ -705,7 +711,9 @@ class BlissSelector(Selector):
         if self.config.alignment != "cosine":
             return dots
         with sdpa_math():
-            norms, _ = per_sample_gradient_terms(self.proxy, tokens)
+            norms, _ = per_sample_gradient_terms(
+                self.proxy, tokens, chunk=self.config.per_sample_chunk
+            )
         return divided_by_norms(dots, norms)
 
     def _directional_derivatives(self, tokens, z, per_token: bool) -> torch.Tensor:

@@ -165,11 +165,12 @@ def test_consistency_dots_are_the_cosine_of_the_per_token_alignments_with_a_cons
     )
 
 
-def test_cosine_dots_divide_g_i_dot_z_by_the_per_sample_gradient_norm(model_and_tokens):
+@pytest.mark.parametrize("chunk", [16, 2])  # 5 rows: one chunk, or 2 + 2 + 1
+def test_cosine_dots_divide_g_i_dot_z_by_the_per_sample_gradient_norm(model_and_tokens, chunk):
     model, tokens, z = model_and_tokens
     selector = BlissSelector.__new__(BlissSelector)
     selector.proxy = model
-    selector.config = BlissSelector.Config(alignment="cosine")
+    selector.config = BlissSelector.Config(alignment="cosine", per_sample_chunk=chunk)
     expected = []
     with sdpa_math():
         for row in tokens:
@@ -208,6 +209,7 @@ def test_paper_variant_applies_the_authors_settings_over_the_keys():
         ({"normalize": "cosine"}, "normalize 'cosine'"),
         ({"variant": "fast"}, "variant 'fast'"),
         ({"upper_batch_size": 0}, "upper_batch_size must be >= 1"),
+        ({"per_sample_chunk": 0}, "per_sample_chunk must be >= 1"),
         ({"direction_params": "heads"}, "direction_params 'heads'"),
         ({"weights": "sigmoid"}, "weights 'sigmoid'"),
         ({"temperature": 0.0}, "temperature must be > 0"),
