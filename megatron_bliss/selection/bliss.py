@@ -275,8 +275,9 @@ class BlissSelector(Selector):
                     )
             if self.dots in ("fd", "jvp") and self.solver in NEEDS_HVP:
                 raise ValueError(f"solver '{self.solver}' needs dots 'graph' (its HVPs build it)")
-            if self.alignment == "consistency" and (self.dots == "graph" or self.solver in NEEDS_HVP):
-                raise ValueError("alignment 'consistency' needs dots 'fd' or 'jvp' (per-token dots)")
+            graph_dots = self.dots == "graph" or self.solver in NEEDS_HVP
+            if self.alignment == "consistency" and graph_dots:
+                raise ValueError("alignment 'consistency' needs dots 'fd' or 'jvp' (per token)")
             if not self.score_scale > 0:
                 raise ValueError(f"score_scale must be > 0, got {self.score_scale}")
             if not self.temperature > 0:
@@ -957,7 +958,9 @@ def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tens
 
 
 def per_sample_gradient_terms(
-    model: torch.nn.Module, tokens: torch.Tensor, z: list[torch.Tensor] | None = None,
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    z: list[torch.Tensor] | None = None,
     chunk: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(||g_i||, g_i . z)`` of every row, ``g_i`` the gradient of its mean loss, from
