@@ -695,8 +695,8 @@ class BlissSelector(Selector):
         }
 
     def alignment(self, tokens: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
-        """``c_i`` of every row (``alignment``) without a graph: finite differences or forward
-        mode."""
+        """``c_i`` of every row (``alignment``) without the lower graph: per-sample gradients
+        (cosine), finite differences or forward mode."""
         if self.config.alignment == "consistency":
             return token_consistent_dots(self._directional_derivatives(tokens, z, per_token=True))
         if self.config.alignment == "cosine":  # the per-sample gradients give both terms
