@@ -185,11 +185,13 @@ def hypergradient_cost(selector: BlissSelector, batch: int, repeats: int) -> dic
 
     ours, theirs = batched(), per_sample()
     cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
+    relative_error = float((ours - theirs).norm() / theirs.norm())
     device = selector.context.device
     fast = median_seconds(batched, repeats, device)
     slow = median_seconds(per_sample, repeats, device)
     return {"batch": batch, "batched_seconds": round(fast, 4), "per_sample_seconds": round(slow, 4),
-            "speedup": round(slow / fast, 2), "cosine": round(cosine, 6)}  # fmt: skip
+            "speedup": round(slow / fast, 2), "cosine": round(cosine, 6),
+            "relative_error": round(relative_error, 6)}  # fmt: skip
 
 
 def timed(fn, *args, device: torch.device | None = None):
