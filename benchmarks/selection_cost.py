@@ -14,7 +14,8 @@
 
 3. One BLISS outer step (the shipped default: inner step, grad f, its solver's direction, c_i
    (cosine: per-sample gradients; dot: finite differences), the score-model step) against one
-   plain AdamW step of the proxy on the same batch (``--step-batch`` sequences: inner batch, draws and target batch all that size).
+   plain AdamW step of the proxy on the same batch (``--step-batch`` sequences: inner batch,
+   draws and target batch all that size).
    Target: <= 6x (the physical floor is about 5 forward-backward equivalents).
 4. The hypergradient of the score model on one batch with a fixed z: this project's form (c_i as
    the outer step computes it, one backward of ``-sum_i softmax(s)_i c_i``) against the authors'

@@ -707,6 +707,15 @@ class BlissSelector(Selector):
             return divided_by_norms(dots, norms)
         return self._directional_derivatives(tokens, z, per_token=False)
 
+    def _alignment_and_gradient_norms(self, tokens, z) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c_i, ||g_i||)``: the cosine's one per-sample pass gives both (the diagnostics)."""
+        cosine = self.config.alignment == "cosine"
+        with sdpa_math():
+            norms, dots = per_sample_gradient_terms(
+                self.proxy, tokens, z if cosine else None, self.config.per_sample_chunk
+            )
+        return (divided_by_norms(dots, norms) if cosine else self.alignment(tokens, z)), norms
+
     def _per_sample_scaled(self, dots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Dots from elsewhere (the lower graph) in the form ``alignment`` asks for."""
         if self.config.alignment != "cosine":
@@ -769,11 +778,12 @@ class BlissSelector(Selector):
         alignment, losses, norms = [], [], []
         for chunk in np.array_split(indices, max(1, count // 16)):
             tokens = pool_batch(self.context.pool, chunk, self.context.device)
-            alignment.append(self.alignment(tokens, z).cpu().numpy())
-            with sdpa_math():
-                loss, norm = per_sample_loss_and_gradient_norm(self.proxy, tokens)
-            losses.append(loss)
-            norms.append(norm)
+            direct, norm = self._alignment_and_gradient_norms(tokens, z)
+            with sdpa_math(), torch.no_grad():
+                loss = sequence_ce(lm_logits(self.proxy, tokens), tokens)
+            alignment.append(direct.cpu().numpy())
+            losses.append(loss.cpu().numpy())
+            norms.append(norm.cpu().numpy())
         alignment, losses, norms = map(np.concatenate, (alignment, losses, norms))
         picked = scores[indices]
         result = {
@@ -947,14 +957,6 @@ def freeze_outside_blocks(model: torch.nn.Module) -> None:
     inside = block_parameter_ids(model)
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in inside)
-
-
-def per_sample_loss_and_gradient_norm(model: torch.nn.Module, tokens: torch.Tensor):
-    """(loss, ||grad loss||) of every row, as numpy arrays."""
-    norms, _ = per_sample_gradient_terms(model, tokens)
-    with torch.no_grad():
-        losses = sequence_ce(lm_logits(model, tokens), tokens)
-    return losses.cpu().numpy(), norms.cpu().numpy()
 
 
 def per_sample_gradient_terms(
